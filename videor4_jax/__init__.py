@@ -1,0 +1,1 @@
+"""videor4_jax: Video-R4 visual rumination on Qwen2.5-VL, in JAX."""

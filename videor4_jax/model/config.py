@@ -1,0 +1,101 @@
+"""Model configuration for the Qwen2.5-VL architecture, and its mapping to HF `config.json`.
+
+One frozen dataclass per tower plus the top-level `ModelConfig`. Field names follow the HF config so that the
+mapping to and from `config.json` is a plain rename table (`to_hf_dict` / `from_hf_dict`); JAX-only settings
+(dtypes, layer scanning, remat) live beside them and are never written to `config.json`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+  depth: int = 32
+  hidden_size: int = 1280
+  intermediate_size: int = 3420
+  num_heads: int = 16
+  in_channels: int = 3
+  patch_size: int = 14
+  spatial_merge_size: int = 2
+  temporal_patch_size: int = 2
+  window_size: int = 112
+  out_hidden_size: int = 3584
+  fullatt_block_indexes: tuple[int, ...] = (7, 15, 23, 31)
+  tokens_per_second: float = 2.0
+  rms_norm_eps: float = 1e-6  # HF hard-codes 1e-6 for the vision RMSNorms
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f"vision hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}")
+    if any(not 0 <= i < self.depth for i in self.fullatt_block_indexes):
+      raise ValueError(f"fullatt_block_indexes={self.fullatt_block_indexes} must lie in [0, depth={self.depth})")
+    object.__setattr__(self, "fullatt_block_indexes", tuple(self.fullatt_block_indexes))
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def patch_dim(self) -> int:
+    """Length of one flattened HF patch: channels x temporal_patch x patch x patch."""
+    return self.in_channels * self.temporal_patch_size * self.patch_size * self.patch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+  vocab_size: int = 152064
+  hidden_size: int = 3584
+  intermediate_size: int = 18944
+  num_hidden_layers: int = 28
+  num_attention_heads: int = 28
+  num_key_value_heads: int = 4
+  max_position_embeddings: int = 128000
+  rms_norm_eps: float = 1e-6
+  rope_theta: float = 1000000.0
+  mrope_section: tuple[int, ...] = (16, 24, 24)
+
+  def __post_init__(self):
+    object.__setattr__(self, "mrope_section", tuple(self.mrope_section))
+    if self.hidden_size % self.num_attention_heads:
+      raise ValueError(f"hidden_size={self.hidden_size} not divisible by num_attention_heads={self.num_attention_heads}")
+    if self.num_attention_heads % self.num_key_value_heads:
+      raise ValueError(f"num_attention_heads={self.num_attention_heads} not divisible by "
+                       f"num_key_value_heads={self.num_key_value_heads}")
+    if 2 * sum(self.mrope_section) != self.head_dim:
+      raise ValueError(f"2 * sum(mrope_section={self.mrope_section}) must equal head_dim={self.head_dim}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_attention_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The whole VLM. Token ids are those of the checkpoint's tokenizer."""
+  text: TextConfig = TextConfig()
+  vision: VisionConfig = VisionConfig()
+  tie_word_embeddings: bool = False
+  image_token_id: int = 151655
+  video_token_id: int = 151656
+  vision_start_token_id: int = 151652
+  vision_end_token_id: int = 151653
+  bos_token_id: int = 151643
+  eos_token_id: int = 151645
+  pad_token_id: int = 151643
+  # JAX-only settings (not part of config.json).
+  dtype: str = "float32"         # activation/compute dtype
+  param_dtype: str = "float32"   # storage dtype of parameters
+  scan_layers: bool = True       # lax.scan over decoder layers and vision blocks (compile time O(1) in depth)
+  remat: str = "none"            # "none" | "full" | "dots": rematerialization policy per layer
+
+  def __post_init__(self):
+    if self.vision.out_hidden_size != self.text.hidden_size:
+      raise ValueError(f"vision.out_hidden_size={self.vision.out_hidden_size} must equal "
+                       f"text.hidden_size={self.text.hidden_size}")
+    if self.remat not in ("none", "full", "dots"):
+      raise ValueError(f"remat={self.remat!r}; expected one of 'none', 'full', 'dots'")
+
+  def replace(self, **kw) -> "ModelConfig":
+    return dataclasses.replace(self, **kw)
