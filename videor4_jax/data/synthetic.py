@@ -1,0 +1,275 @@
+"""Synthetic text-rich video task: small codes on coloured signs that only rumination can read.
+
+A video is F frames of `source_hw` pixels: a plain noisy background and up to `grid` cells, each holding at most
+one coloured sign; a sign may carry a code (1-3 glyphs of `alphabet`, drawn by glyphs.py). The model sees the
+*global view* (every frame resized to `global_hw`, default 4x smaller) and may ask for observations re-encoded at
+`obs_hw` from the *source* frames: a crop of one grid cell, or a clip of whole frames.
+
+Legibility is a matter of stroke width. A glyph drawn at integer scale s has s-pixel strokes; a view that shrinks
+the source by a factor r leaves s/r-pixel strokes, and below one pixel the strokes of a 5x7 glyph merge. So
+
+  crop text scale  s_crop = ceil(cell / obs)     -> 1-pixel strokes in a crop of its cell,
+  clip text scale  s_clip = ceil(source / obs)   -> 1-pixel strokes in a clipped whole frame,
+
+and `SyntheticConfig` refuses settings where either scale still leaves >= 1-pixel strokes in the global view
+(s * global / source >= 1), because then the question could be answered without ruminating.
+(tests/test_data_synthetic.py quantifies it: two codes differ clearly in the gold observation and hardly in the
+global view.)
+
+Question types (the kind of gold trajectory in brackets):
+  crop      static small text on one of several signs: "What is written on the red sign?"   [deliberate: crop]
+  clip      larger text on one sign on a few consecutive frames only                          [deliberate: clip]
+  clip_crop small text on one sign on a few frames only                                       [compositional: clip, crop]
+Gold crop boxes are grid cells (a small set, learnable by a tiny model). Frame indices are 1-based.
+Every example is a pure function of (config, seed, index), so any split is random-access and reproducible.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from videor4_jax.data import glyphs
+from videor4_jax.data.schema import Action, Step, Trajectory, validate
+
+QUESTION_TYPES = ("crop", "clip", "clip_crop")
+
+# name -> (sign RGB, ink RGB); ink contrasts with the sign.
+PALETTE: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
+    "red": ((210, 40, 40), (255, 255, 255)),
+    "green": ((40, 170, 60), (0, 0, 0)),
+    "blue": ((40, 70, 210), (255, 255, 255)),
+    "yellow": ((235, 210, 40), (0, 0, 0)),
+    "orange": ((240, 140, 30), (0, 0, 0)),
+    "purple": ((140, 50, 190), (255, 255, 255)),
+    "cyan": ((40, 200, 210), (0, 0, 0)),
+    "white": ((235, 235, 235), (0, 0, 0)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+  """Difficulty knobs of the synthetic task (all validated in __post_init__).
+
+  num_frames:       F source frames per video.
+  source_hw:        source resolution; rumination crops from it.
+  global_hw:        resolution of each frame in the prompt's global view.
+  obs_hw:           resolution of a re-encoded observation (crop output and clipped frames).
+  grid:             (rows, cols) of sign cells; gold crop boxes are these cells.
+  alphabet:         glyphs codes are drawn from (subset of glyphs.ALPHABET).
+  code_len:         (min, max) glyphs per code.
+  num_distractors:  signs besides the target (at most rows*cols - 1); they carry static small codes.
+  sign_frac:        sign side as a fraction of the cell side.
+  jitter_px:        max random offset of a sign from its cell centre (the sign never leaves its cell).
+  noise_std:        std of the per-frame Gaussian pixel noise on the background.
+  flash_len:        (min, max) consecutive frames the target text of clip questions is visible.
+  max_clip_frames:  K, most frames a gold clip selects (must cover flash_len[1]).
+  question_types:   the types drawn, uniformly.
+  """
+  num_frames: int = 8
+  source_hw: tuple[int, int] = (224, 224)
+  global_hw: tuple[int, int] = (56, 56)
+  obs_hw: tuple[int, int] = (112, 112)
+  grid: tuple[int, int] = (2, 2)
+  alphabet: str = "0123456789"
+  code_len: tuple[int, int] = (1, 3)
+  num_distractors: int = 2
+  sign_frac: float = 0.6
+  jitter_px: int = 4
+  noise_std: float = 6.0
+  flash_len: tuple[int, int] = (2, 3)
+  max_clip_frames: int = 4
+  question_types: tuple[str, ...] = QUESTION_TYPES
+
+  def __post_init__(self):
+    for f in ("source_hw", "global_hw", "obs_hw", "grid", "code_len", "flash_len", "question_types"):
+      object.__setattr__(self, f, tuple(getattr(self, f)))
+    bad = lambda msg: ValueError(f"SyntheticConfig: {msg}")  # noqa: E731
+    if self.num_frames < 2 or self.num_frames % 2:
+      raise bad(f"num_frames={self.num_frames} must be even and >= 2 (temporal patch 2)")
+    for f in ("source_hw", "global_hw", "obs_hw"):
+      if any(s % 28 for s in getattr(self, f)):
+        raise bad(f"{f}={getattr(self, f)}: sides must be multiples of 28 (patch 14 x merge 2)")
+    if any(g > s for g, s in zip(self.global_hw, self.source_hw)):
+      raise bad(f"global_hw={self.global_hw} must not exceed source_hw={self.source_hw}")
+    if self.grid[0] < 1 or self.grid[1] < 1 or any(s % g for s, g in zip(self.source_hw, self.grid)):
+      raise bad(f"grid={self.grid} must divide source_hw={self.source_hw}")
+    if bad_ch := set(self.alphabet) - set(glyphs.ALPHABET):
+      raise bad(f"alphabet has glyphs {sorted(bad_ch)} that glyphs.py cannot draw")
+    if len(set(self.alphabet)) < 2:
+      raise bad(f"alphabet={self.alphabet!r} needs at least two distinct glyphs")
+    if not 1 <= self.code_len[0] <= self.code_len[1]:
+      raise bad(f"code_len={self.code_len} must satisfy 1 <= min <= max")
+    if not 0 <= self.num_distractors < self.grid[0] * self.grid[1]:
+      raise bad(f"num_distractors={self.num_distractors} must be in [0, cells-1={self.grid[0] * self.grid[1] - 1}]")
+    if self.num_distractors + 1 > len(PALETTE):
+      raise bad(f"num_distractors={self.num_distractors}: only {len(PALETTE)} sign colours exist")
+    if not 1 <= self.flash_len[0] <= self.flash_len[1] <= min(self.num_frames - 1, self.max_clip_frames):
+      raise bad(f"flash_len={self.flash_len} must satisfy 1 <= min <= max <= min(F-1, max_clip_frames)")
+    if not self.question_types or set(self.question_types) - set(QUESTION_TYPES):
+      raise bad(f"question_types={self.question_types} must be a non-empty subset of {QUESTION_TYPES}")
+    if not 0.0 < self.sign_frac <= 1.0 or self.jitter_px < 0 or self.noise_std < 0:
+      raise bad(f"sign_frac={self.sign_frac} in (0,1], jitter_px={self.jitter_px} >= 0, noise_std >= 0 required")
+    # Legibility: the text must need the observation (strokes < 1 px in the global view).
+    for name, s in (("crop", self.crop_text_scale), ("clip", self.clip_text_scale)):
+      stroke = s * self.global_hw[0] / self.source_hw[0]
+      if name == "clip" and "clip" not in self.question_types:
+        continue
+      if stroke >= 1.0:
+        raise bad(f"{name} text at scale {s} keeps {stroke:.2f}-px strokes in the global view {self.global_hw}: "
+                  f"readable without rumination; raise obs_hw={self.obs_hw} or lower global_hw")
+    sign_h, sign_w = self.sign_hw
+    for name, s in (("crop", self.crop_text_scale), ("clip", self.clip_text_scale)):
+      th, tw = glyphs.code_size(self.code_len[1], s)
+      if th + 2 > sign_h or tw + 2 > sign_w:
+        raise bad(f"a {self.code_len[1]}-glyph {name} code ({th}x{tw} px at scale {s}) does not fit the "
+                  f"{sign_h}x{sign_w} sign; raise sign_frac or lower code_len")
+
+  @property
+  def cell_hw(self) -> tuple[int, int]:
+    return self.source_hw[0] // self.grid[0], self.source_hw[1] // self.grid[1]
+
+  @property
+  def sign_hw(self) -> tuple[int, int]:
+    return int(self.cell_hw[0] * self.sign_frac), int(self.cell_hw[1] * self.sign_frac)
+
+  @property
+  def crop_text_scale(self) -> int:
+    return max(1, math.ceil(max(c / o for c, o in zip(self.cell_hw, self.obs_hw))))
+
+  @property
+  def clip_text_scale(self) -> int:
+    return max(1, math.ceil(max(s / o for s, o in zip(self.source_hw, self.obs_hw))))
+
+  def cell_box(self, cell: int) -> tuple[float, float, float, float]:
+    """Normalized (x1, y1, x2, y2) of grid cell `cell` (row-major)."""
+    r, c = divmod(cell, self.grid[1])
+    return (c / self.grid[1], r / self.grid[0], (c + 1) / self.grid[1], (r + 1) / self.grid[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticExample:
+  """One generated question: source frames `frames_fhw3` (uint8 [F, H, W, 3]) and its gold trajectory."""
+  frames_fhw3: np.ndarray
+  trajectory: Trajectory
+  question_type: str
+
+  def rl_row(self) -> Trajectory:
+    """The same question as an RL row (question and answers only)."""
+    return dataclasses.replace(self.trajectory, kind="rl", steps=())
+
+
+def _position_name(cfg: SyntheticConfig, cell: int) -> str:
+  r, c = divmod(cell, cfg.grid[1])
+  rows = {1: ["middle"], 2: ["top", "bottom"], 3: ["top", "middle", "bottom"]}.get(cfg.grid[0])
+  cols = {1: ["centre"], 2: ["left", "right"], 3: ["left", "centre", "right"]}.get(cfg.grid[1])
+  if rows and cols:
+    return f"{rows[r]} {cols[c]}"
+  return f"row {r + 1}, column {c + 1}"
+
+
+def _draw_codes(rng, cfg, n) -> list[str]:
+  """n distinct random codes."""
+  out: list[str] = []
+  while len(out) < n:
+    k = int(rng.integers(cfg.code_len[0], cfg.code_len[1] + 1))
+    code = "".join(rng.choice(list(cfg.alphabet), size=k))
+    if code not in out:
+      out.append(code)
+  return out
+
+
+def render_video(cfg: SyntheticConfig, rng: np.random.Generator, signs: list[dict]) -> np.ndarray:
+  """Frames uint8 [F, H, W, 3]. `signs`: dicts with cell, colour, code, scale, frames (0-based set or None = all)."""
+  h, w = cfg.source_hw
+  bg_rgb = rng.integers(60, 196, size=3)
+  base_hw3 = np.broadcast_to(bg_rgb, (h, w, 3)).astype(np.float32)
+  # A little static texture so the background is not flat.
+  base_hw3 = base_hw3 + rng.normal(0, cfg.noise_std, size=(h, w, 1)).astype(np.float32)
+  sh, sw = cfg.sign_hw
+  ch, cw = cfg.cell_hw
+  layout = []
+  for s in signs:
+    r, c = divmod(s["cell"], cfg.grid[1])
+    slack_y, slack_x = (ch - sh) // 2, (cw - sw) // 2
+    jy, jx = (int(rng.integers(-min(cfg.jitter_px, d), min(cfg.jitter_px, d) + 1)) for d in (slack_y, slack_x))
+    top, left = r * ch + slack_y + jy, c * cw + slack_x + jx
+    layout.append((top, left))
+    base_hw3[top:top + sh, left:left + sw] = PALETTE[s["colour"]][0]
+  frames = []
+  for f in range(cfg.num_frames):
+    img = base_hw3 + rng.normal(0, cfg.noise_std, size=(h, w, 3)).astype(np.float32)
+    img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    for s, (top, left) in zip(signs, layout):
+      if s["code"] and (s["frames"] is None or f in s["frames"]):
+        th, tw = glyphs.code_size(len(s["code"]), s["scale"])
+        glyphs.draw_code(img, s["code"], s["scale"], top + (sh - th) // 2, left + (sw - tw) // 2,
+                         PALETTE[s["colour"]][1])
+    frames.append(img)
+  return np.stack(frames)
+
+
+def generate(cfg: SyntheticConfig, seed: int, index: int, *, split: str = "train",
+             question_type: str | None = None) -> SyntheticExample:
+  """Example `index` of the stream `seed`: a pure function of its arguments."""
+  rng = np.random.default_rng([seed, index])
+  qtype = question_type or cfg.question_types[int(rng.integers(len(cfg.question_types)))]
+  if qtype not in QUESTION_TYPES:
+    raise ValueError(f"generate: question_type={qtype!r} not in {QUESTION_TYPES}")
+  n_signs = cfg.num_distractors + 1
+  cells = [int(c) for c in rng.permutation(cfg.grid[0] * cfg.grid[1])[:n_signs]]
+  colours = [str(c) for c in rng.permutation(list(PALETTE))[:n_signs]]
+  codes = _draw_codes(rng, cfg, n_signs)
+  target = 0  # index of the target sign in the lists above (already random through the permutations)
+  F = cfg.num_frames
+  flash = None
+  if qtype != "crop":
+    n = int(rng.integers(cfg.flash_len[0], cfg.flash_len[1] + 1))
+    start = int(rng.integers(0, F - n + 1))
+    flash = set(range(start, start + n))
+  signs = []
+  for i in range(n_signs):
+    big = i == target and qtype == "clip"
+    signs.append(dict(cell=cells[i], colour=colours[i], code=codes[i],
+                      scale=cfg.clip_text_scale if big else cfg.crop_text_scale,
+                      frames=flash if i == target else None))
+  frames = render_video(cfg, rng, signs)
+
+  colour, code, cell = colours[target], codes[target], cells[target]
+  box = cfg.cell_box(cell)
+  pos = _position_name(cfg, cell)
+  video_id = f"syn{seed}-{split}-{index:07d}"
+  if qtype == "crop":
+    question = f"What is written on the {colour} sign?"
+    frame = F // 2 + 1
+    steps = (Step(f"The {colour} sign is in the {pos} of the frame; its text is too small to read. "
+                  f"I will crop it.", Action("crop", frame=frame, bbox_2d=box)),
+             Step(f"The crop shows the {colour} sign clearly; it reads {code}.", answer=code))
+    kind, ev_frames = "deliberate", list(range(1, F + 1))
+  else:
+    question = f"What code appears briefly on the {colour} sign?"
+    clip_frames = tuple(sorted(f + 1 for f in flash))
+    ev_frames = list(clip_frames)
+    if qtype == "clip":
+      steps = (Step(f"Text shows on the {colour} sign only on some frames. I will look at those frames closely.",
+                    Action("clip", frames=clip_frames)),
+               Step(f"In the selected frames the {colour} sign reads {code}.", answer=code))
+      kind = "deliberate"
+    else:
+      frame = clip_frames[len(clip_frames) // 2]
+      steps = (Step(f"Text shows on the {colour} sign only on some frames. I will look at those frames first.",
+                    Action("clip", frames=clip_frames)),
+               Step(f"The {colour} sign in the {pos} has text on frame {frame}, but it is still small. "
+                    f"I will crop it.", Action("crop", frame=frame, bbox_2d=box)),
+               Step(f"The crop of frame {frame} reads {code}.", answer=code))
+      kind = "compositional"
+  traj = Trajectory(
+      qid=f"syn{seed}-{split}-{index}", video_id=video_id, question=question, answers=(code,), kind=kind,
+      steps=steps,
+      evidence={"question_type": qtype, "frames": ev_frames, "boxes": [list(box)], "cell": cell,
+                "colour": colour, "code": code,
+                "distractors": [{"cell": cells[i], "colour": colours[i], "code": codes[i]}
+                                for i in range(n_signs) if i != target]})
+  validate(traj, num_frames=F)
+  return SyntheticExample(frames_fhw3=frames, trajectory=traj, question_type=qtype)
