@@ -112,15 +112,14 @@ class SyntheticConfig:
     if not 0.0 < self.sign_frac <= 1.0 or self.jitter_px < 0 or self.noise_std < 0:
       raise bad(f"sign_frac={self.sign_frac} in (0,1], jitter_px={self.jitter_px} >= 0, noise_std >= 0 required")
     # Legibility: the text must need the observation (strokes < 1 px in the global view).
-    for name, s in (("crop", self.crop_text_scale), ("clip", self.clip_text_scale)):
+    scales = [("crop", self.crop_text_scale)] + [("clip", self.clip_text_scale)] * ("clip" in self.question_types)
+    for name, s in scales:
       stroke = s * self.global_hw[0] / self.source_hw[0]
-      if name == "clip" and "clip" not in self.question_types:
-        continue
       if stroke >= 1.0:
         raise bad(f"{name} text at scale {s} keeps {stroke:.2f}-px strokes in the global view {self.global_hw}: "
                   f"readable without rumination; raise obs_hw={self.obs_hw} or lower global_hw")
     sign_h, sign_w = self.sign_hw
-    for name, s in (("crop", self.crop_text_scale), ("clip", self.clip_text_scale)):
+    for name, s in scales:
       th, tw = glyphs.code_size(self.code_len[1], s)
       if th + 2 > sign_h or tw + 2 > sign_w:
         raise bad(f"a {self.code_len[1]}-glyph {name} code ({th}x{tw} px at scale {s}) does not fit the "

@@ -1,0 +1,60 @@
+"""Trajectory schema: round trips, and errors that name the record and the field."""
+import json
+
+import pytest
+
+from videor4_jax.data import schema
+
+GOOD = {"qid": "q1", "video_id": "v1", "question": "What?", "answers": ["42"], "kind": "compositional",
+        "steps": [{"think": "look", "action": {"name": "clip", "frames": [2, 3]}, "answer": None},
+                  {"think": "zoom", "action": {"name": "crop", "frame": 3, "bbox_2d": [0.0, 0.5, 0.5, 1.0]},
+                   "answer": None},
+                  {"think": "read", "action": None, "answer": "42"}],
+        "evidence": {"frames": [3]}}
+
+
+def test_round_trip(tmp_path):
+  t = schema.from_json(GOOD)
+  assert t.to_json() == GOOD
+  p = tmp_path / "a.jsonl"
+  schema.write_jsonl(str(p), [t, schema.from_json(dict(GOOD, qid="q2", kind="rl", steps=[]))])
+  got = [r for _, r in schema.read_jsonl(str(p))]
+  assert got[0] == t and got[1].kind == "rl"
+
+
+def _bad(**patch):
+  d = json.loads(json.dumps(GOOD))
+  for k, v in patch.items():
+    d[k] = v
+  return d
+
+
+@pytest.mark.parametrize("rec,field", [
+    (_bad(kind="mixed"), "'kind'"),
+    (_bad(answers=[]), "'answers'"),
+    (_bad(kind="deliberate"), "'kind'"),  # mixes clip and crop
+    (_bad(kind="rl"), "'steps'"),
+    ({k: v for k, v in GOOD.items() if k != "video_id"}, "'video_id'"),
+    (_bad(steps=[GOOD["steps"][0], {"think": "x", "action": {"name": "crop", "frame": 1, "bbox_2d": [0.5, 0, 0.2, 1]},
+                                     "answer": None}, GOOD["steps"][2]]), "steps[1].action.bbox_2d"),
+    (_bad(steps=[{"think": "x", "action": {"name": "zoom"}, "answer": None}, GOOD["steps"][2]]), "steps[0].action.name"),
+    (_bad(steps=GOOD["steps"][:2]), "'steps[1]'"),
+])
+def test_errors_name_record_and_field(rec, field):
+  with pytest.raises(schema.SchemaError) as e:
+    schema.from_json(rec, where="f.jsonl:7")
+  assert "f.jsonl:7" in str(e.value) and field in str(e.value)
+
+
+def test_frame_bound():
+  with pytest.raises(schema.SchemaError, match=r"steps\[0\].action.frames"):
+    schema.from_json(GOOD, num_frames=2)
+
+
+def test_read_jsonl_reports_bad_line(tmp_path):
+  p = tmp_path / "b.jsonl"
+  p.write_text(json.dumps(GOOD) + "\n{not json\n" + json.dumps(_bad(kind="x")) + "\n")
+  out = list(schema.read_jsonl(str(p)))
+  assert isinstance(out[0][1], schema.Trajectory)
+  assert isinstance(out[1][1], schema.SchemaError) and f"{p}:2" in str(out[1][1])
+  assert isinstance(out[2][1], schema.SchemaError) and f"{p}:3" in str(out[2][1])
