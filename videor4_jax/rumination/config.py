@@ -1,0 +1,38 @@
+"""Settings of the rumination loop (static shapes of the jitted rollout)."""
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+  """Every field fixes a static shape or a trace-time constant of the rollout graph.
+
+  max_steps:        R, rumination steps (decode segments); the last one must answer.
+  max_step_tokens:  T, tokens one segment may generate before it is cut (the row then fails).
+  cache_len:        S, KV-cache slots per row: prompt + R * (T + observation length) must fit.
+  obs_hw:           (h, w) pixels of a re-encoded observation frame (crop output and clip frames alike).
+  max_clip_frames:  K, most frames one clip may select (Pixel-Reasoner uses 8).
+  crop_margin:      normalized padding added on each side of a crop box (Pixel-Reasoner: 0.1).
+  crop_min_px:      a crop smaller than this in source pixels (either side) is an error.
+  clip_seconds_per_group: temporal M-RoPE scale of a clip observation (seconds per 2-frame group).
+  """
+  max_steps: int = 4
+  max_step_tokens: int = 48
+  cache_len: int = 1024
+  obs_hw: tuple[int, int] = (56, 56)
+  max_clip_frames: int = 4
+  crop_margin: float = 0.0
+  crop_min_px: int = 8
+  clip_seconds_per_group: float = 1.0
+  temperature: float = 1.0
+  top_p: float = 1.0
+
+  def __post_init__(self):
+    if self.max_steps < 1 or self.max_step_tokens < 1:
+      raise ValueError(f"max_steps={self.max_steps} and max_step_tokens={self.max_step_tokens} must be >= 1")
+    if self.max_clip_frames < 1:
+      raise ValueError(f"max_clip_frames={self.max_clip_frames} must be >= 1")
+    if any(s % 28 for s in self.obs_hw):
+      raise ValueError(f"obs_hw={self.obs_hw}: both sides must be multiples of 28 (patch 14 x merge 2)")
+    object.__setattr__(self, "obs_hw", tuple(self.obs_hw))
