@@ -21,12 +21,13 @@ Question types (the kind of gold trajectory in brackets):
   clip      larger text on one sign on a few consecutive frames only                          [deliberate: clip]
   clip_crop small text on one sign on a few frames only                                       [compositional: clip, crop]
 Gold crop boxes are grid cells (a small set, learnable by a tiny model). Frame indices are 1-based.
-Every example is a pure function of (config, seed, index), so any split is random-access and reproducible.
+Every example is a pure function of (config, seed, split, index), so any split is random-access and reproducible.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 
 import numpy as np
 
@@ -211,8 +212,8 @@ def render_video(cfg: SyntheticConfig, rng: np.random.Generator, signs: list[dic
 
 def generate(cfg: SyntheticConfig, seed: int, index: int, *, split: str = "train",
              question_type: str | None = None) -> SyntheticExample:
-  """Example `index` of the stream `seed`: a pure function of its arguments."""
-  rng = np.random.default_rng([seed, index])
+  """Example `index` of split `split` of the stream `seed`: a pure function of its arguments."""
+  rng = np.random.default_rng([seed, zlib.crc32(split.encode()), index])
   qtype = question_type or cfg.question_types[int(rng.integers(len(cfg.question_types)))]
   if qtype not in QUESTION_TYPES:
     raise ValueError(f"generate: question_type={qtype!r} not in {QUESTION_TYPES}")

@@ -1,0 +1,1 @@
+"""TFDS builder package m4_vitevqa (see builder.py)."""

@@ -1,0 +1,108 @@
+"""`m4_vitevqa`: M4-ViteVQA (Zhao et al., NeurIPS 2022) from the official release in a manual directory.
+
+Manual dir (`--manual_dir`, or `<data_dir>/downloads/manual`): the v0.0.2 annotation files
+`ViteVQA_0.0.2_<tag>.json` = `{"data": [{"question", "answers", "video_id", "question_id", "source1", "source2",
+"video_width", "video_height"}, ...]}` and the videos `<video_id>.mp4` anywhere below the manual dir (indexed
+recursively once). Configs and their files (the README's Task1Split2 test link is wrong; the right file is
+t1s2test):
+
+  task1_split1: t1s1train / t1s1val / t1s1test      task1_split2: t1s2train / t1s2val / t1s2test
+  task2:        t2train / t2val / t2test
+
+Each QA pair is one row (kind "rl": question and answers only) holding the original mp4 bytes, so a row is
+self-contained for random access (videos with several questions are stored once per question). A missing or
+unreadable video, or an annotation without a required field, is skipped and reported (common.SkipLog).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+import tqdm
+
+from videor4_jax.data import video_bytes
+from videor4_jax.data.builders import common
+
+_FILES = {
+    "task1_split1": {"train": "t1s1train", "validation": "t1s1val", "test": "t1s1test"},
+    "task1_split2": {"train": "t1s2train", "validation": "t1s2val", "test": "t1s2test"},
+    "task2": {"train": "t2train", "validation": "t2val", "test": "t2test"},
+}
+_REQUIRED = ("question", "answers", "video_id", "question_id")
+
+
+class M4Vitevqa(tfds.core.GeneratorBasedBuilder):
+  name = "m4_vitevqa"
+  # tfds finds README/checksums next to the code; an editable install can confuse its lookup, so say where.
+  code_path = epath.Path(__file__)
+  VERSION = tfds.core.Version("0.0.2")
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n, description=f"M4-ViteVQA {n}") for n in _FILES]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = ("Put the ViteVQA_0.0.2_*.json annotation files and the <video_id>.mp4 videos "
+                                  "of the official release (github.com/bytedance/VTVQA) into the manual dir.")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self, description=__doc__,
+        features=common.video_qa_features(
+            question_id=tfds.features.Scalar(dtype=np.int64),
+            source1=tfds.features.Text(), source2=tfds.features.Text(),
+            video_width=tfds.features.Scalar(dtype=np.int32),
+            video_height=tfds.features.Scalar(dtype=np.int32)))
+
+  def _split_generators(self, dl_manager):
+    manual = os.fspath(dl_manager.manual_dir)
+    videos = common.index_files(manual, (".mp4",))
+    out = {}
+    for split, tag in _FILES[self.builder_config.name].items():
+      path = os.path.join(manual, f"ViteVQA_0.0.2_{tag}.json")
+      if os.path.exists(path):
+        out[split] = self._generate_examples(split, path, videos)
+    if not out:
+      raise FileNotFoundError(f"m4_vitevqa/{self.builder_config.name}: no ViteVQA_0.0.2_<tag>.json for tags "
+                              f"{list(_FILES[self.builder_config.name].values())} in manual dir {manual}")
+    return out
+
+  def _generate_examples(self, split: str, ann_path: str, videos: dict[str, str]):
+    log = common.SkipLog(self, split)
+    with open(ann_path, encoding="utf-8") as f:
+      data = json.load(f)
+    rows = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+      raise ValueError(f"{ann_path}: expected {{'data': [...]}} (M4-ViteVQA v0.0.2 annotation format)")
+    probed: dict[str, str | None] = {}  # video_id -> error (None = fine), so each video is decoded once
+    for i, r in enumerate(tqdm.tqdm(rows, desc=f"m4_vitevqa/{split}", unit="qa")):
+      key = f"{os.path.basename(ann_path)}[{i}]"
+      missing = [k for k in _REQUIRED if not isinstance(r, dict) or k not in r]
+      if missing:
+        log.skip(key, f"missing field(s) {missing}")
+        continue
+      vid = str(r["video_id"])
+      key = f"{key} qid={r['question_id']} video_id={vid}"
+      if not isinstance(r["answers"], list) or not r["answers"]:
+        log.skip(key, f"field 'answers' must be a non-empty list, got {r['answers']!r}")
+        continue
+      if vid not in videos:
+        log.skip(key, f"video {vid}.mp4 not found under the manual dir")
+        continue
+      with open(videos[vid], "rb") as f:
+        data_bytes = f.read()
+      if vid not in probed:
+        try:
+          video_bytes.probe_mp4(data_bytes)
+          probed[vid] = None
+        except ValueError as e:
+          probed[vid] = f"{videos[vid]}: {e}"
+      if probed[vid]:
+        log.skip(key, probed[vid])
+        continue
+      log.kept += 1
+      yield str(r["question_id"]), {
+          "video": data_bytes, "video_id": vid, "qid": str(r["question_id"]), "question": str(r["question"]),
+          "answers": [str(a) for a in r["answers"]], "kind": "rl", "trajectory": "",
+          "question_id": int(r["question_id"]), "source1": str(r.get("source1", "")),
+          "source2": str(r.get("source2", "")), "video_width": int(r.get("video_width", 0) or 0),
+          "video_height": int(r.get("video_height", 0) or 0)}
+    log.close()

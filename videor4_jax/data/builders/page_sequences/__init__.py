@@ -1,0 +1,1 @@
+"""TFDS builder package page_sequences (see builder.py)."""

@@ -1,0 +1,1 @@
+"""TFDS builder package synthetic_textvideo (see builder.py)."""

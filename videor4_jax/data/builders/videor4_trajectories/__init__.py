@@ -1,0 +1,1 @@
+"""TFDS builder package videor4_trajectories (see builder.py)."""
