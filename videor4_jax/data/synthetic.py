@@ -63,7 +63,9 @@ class SyntheticConfig:
   num_distractors:  signs besides the target (at most rows*cols - 1); they carry static small codes.
   sign_frac:        sign side as a fraction of the cell side.
   jitter_px:        max random offset of a sign from its cell centre (the sign never leaves its cell).
-  noise_std:        std of the per-frame Gaussian pixel noise on the background.
+  noise_std:        std of the static Gaussian texture of the background (and of the signs).
+  frame_noise_std:  std of extra per-frame Gaussian noise. Default 0: lossless mp4 cannot compress temporal
+                    noise (8x224x224 videos grow from about 0.1 MB to 0.8 MB at std 6).
   flash_len:        (min, max) consecutive frames the target text of clip questions is visible.
   max_clip_frames:  K, most frames a gold clip selects (must cover flash_len[1]).
   question_types:   the types drawn, uniformly.
@@ -79,6 +81,7 @@ class SyntheticConfig:
   sign_frac: float = 0.6
   jitter_px: int = 4
   noise_std: float = 6.0
+  frame_noise_std: float = 0.0
   flash_len: tuple[int, int] = (2, 3)
   max_clip_frames: int = 4
   question_types: tuple[str, ...] = QUESTION_TYPES
@@ -110,7 +113,7 @@ class SyntheticConfig:
       raise bad(f"flash_len={self.flash_len} must satisfy 1 <= min <= max <= min(F-1, max_clip_frames)")
     if not self.question_types or set(self.question_types) - set(QUESTION_TYPES):
       raise bad(f"question_types={self.question_types} must be a non-empty subset of {QUESTION_TYPES}")
-    if not 0.0 < self.sign_frac <= 1.0 or self.jitter_px < 0 or self.noise_std < 0:
+    if not 0.0 < self.sign_frac <= 1.0 or self.jitter_px < 0 or min(self.noise_std, self.frame_noise_std) < 0:
       raise bad(f"sign_frac={self.sign_frac} in (0,1], jitter_px={self.jitter_px} >= 0, noise_std >= 0 required")
     # Legibility: the text must need the observation (strokes < 1 px in the global view).
     scales = [("crop", self.crop_text_scale)] + [("clip", self.clip_text_scale)] * ("clip" in self.question_types)
@@ -185,8 +188,9 @@ def render_video(cfg: SyntheticConfig, rng: np.random.Generator, signs: list[dic
   h, w = cfg.source_hw
   bg_rgb = rng.integers(60, 196, size=3)
   base_hw3 = np.broadcast_to(bg_rgb, (h, w, 3)).astype(np.float32)
-  # A little static texture so the background is not flat.
+  # Static texture (luminance + per channel) so background and signs are not flat; constant over time.
   base_hw3 = base_hw3 + rng.normal(0, cfg.noise_std, size=(h, w, 1)).astype(np.float32)
+  texture_hw3 = rng.normal(0, cfg.noise_std, size=(h, w, 3)).astype(np.float32)
   sh, sw = cfg.sign_hw
   ch, cw = cfg.cell_hw
   layout = []
@@ -199,7 +203,9 @@ def render_video(cfg: SyntheticConfig, rng: np.random.Generator, signs: list[dic
     base_hw3[top:top + sh, left:left + sw] = PALETTE[s["colour"]][0]
   frames = []
   for f in range(cfg.num_frames):
-    img = base_hw3 + rng.normal(0, cfg.noise_std, size=(h, w, 3)).astype(np.float32)
+    img = base_hw3 + texture_hw3
+    if cfg.frame_noise_std > 0:
+      img = img + rng.normal(0, cfg.frame_noise_std, size=(h, w, 3)).astype(np.float32)
     img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     for s, (top, left) in zip(signs, layout):
       if s["code"] and (s["frames"] is None or f in s["frames"]):
