@@ -58,3 +58,43 @@ def test_read_jsonl_reports_bad_line(tmp_path):
   assert isinstance(out[0][1], schema.Trajectory)
   assert isinstance(out[1][1], schema.SchemaError) and f"{p}:2" in str(out[1][1])
   assert isinstance(out[2][1], schema.SchemaError) and f"{p}:3" in str(out[2][1])
+
+
+PR_RECORD = {
+    "id": 7, "answers": ["A3"],
+    "messages": [
+        {"role": "system", "content": "You are helpful."},
+        {"role": "user", "content": [{"type": "video", "video": "videos/00042.mp4"},
+                                     {"type": "text", "text": "<video>What is on the sign?"}]},
+        {"role": "assistant", "content": "<think>Frames 2-3 show it.</think><tool_call>{\"name\": \"select_frames\", "
+                                         "\"arguments\": {\"target_frames\": [2, 3]}}</tool_call>"},
+        {"role": "user", "content": [{"type": "text", "text": "Here are the selected frames"}]},
+        {"role": "assistant", "content": "Zoom in.<tool_call>{\"name\": \"crop_image_normalized\", \"arguments\": "
+                                         "{\"bbox_2d\": [0.1, 0.2, 0.5, 0.6], \"target_image\": 3}}</tool_call>"},
+        {"role": "user", "content": "Here is the cropped image"},
+        {"role": "assistant", "content": "<think>It reads A3.</think><answer>A3</answer>"},
+    ]}
+
+
+def test_from_messages_pixel_reasoner_style(tmp_path):
+  t = schema.from_messages(PR_RECORD)
+  assert (t.qid, t.video_id, t.question, t.answers, t.kind) == ("7", "00042", "What is on the sign?", ("A3",),
+                                                                 "compositional")
+  assert [s.to_json() for s in t.steps] == [
+      {"think": "Frames 2-3 show it.", "action": {"name": "clip", "frames": [2, 3]}, "answer": None},
+      {"think": "Zoom in.", "action": {"name": "crop", "frame": 3, "bbox_2d": [0.1, 0.2, 0.5, 0.6]}, "answer": None},
+      {"think": "It reads A3.", "action": None, "answer": "A3"}]
+  p = tmp_path / "m.jsonl"
+  p.write_text(json.dumps(PR_RECORD) + "\n")
+  assert list(schema.read_jsonl(str(p)))[0][1] == t
+
+
+def test_from_messages_errors():
+  bad = json.loads(json.dumps(PR_RECORD))
+  bad["messages"][2]["content"] = "<tool_call>{\"name\": \"zoom_in\", \"arguments\": {}}</tool_call>"
+  with pytest.raises(schema.SchemaError, match=r"x.jsonl:3.*messages\[2\].tool_call.name"):
+    schema.from_messages(bad, where="x.jsonl:3")
+  bad = json.loads(json.dumps(PR_RECORD))
+  bad["messages"][4]["content"] = "<tool_call>{\"name\": \"crop\", \"arguments\": {\"frame\": 1, \"bbox_2d\": [0.5, 0, 0.2, 1]}}</tool_call>"
+  with pytest.raises(schema.SchemaError, match=r"steps\[1\].action.bbox_2d"):
+    schema.from_messages(bad)

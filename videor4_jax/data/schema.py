@@ -22,14 +22,16 @@ Rules checked by `validate`:
 Every error names the record (qid, or the position given by the caller) and the field path.
 
 `from_messages` also reads Pixel-Reasoner-style message lists (assistant turns whose text holds
-`<think>..</think>`, `<tool_call>{json}</tool_call>` or `<answer>..</answer>`), parsing tool calls with the one
-host-side parser of the action grammar (processing/grammar.py).
+`<think>..</think>`, `<tool_call>{json}</tool_call>` or `<answer>..</answer>`), mapping Pixel-Reasoner's tool
+names (select_frames, crop_image_normalized) onto clip and crop. `read_jsonl` accepts both forms per line.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import os
+import re
 from typing import Any, Iterator, Mapping, Sequence
 
 KINDS = ("deliberate", "compositional", "rl")
@@ -222,3 +224,98 @@ def write_jsonl(path: str, records: Sequence[Trajectory]) -> None:
   with open(path, "w", encoding="utf-8") as f:
     for r in records:
       f.write(r.dumps() + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pixel-Reasoner-style message lists.
+
+# Tool names and argument names of foreign datasets -> this schema. Pixel-Reasoner's video op is select_frames
+# (target_frames, 1-based) and its zoom is crop_image_normalized (bbox_2d normalized, target_image 1-based).
+_FOREIGN_NAMES = {"crop": "crop", "crop_image_normalized": "crop", "crop_image": "crop",
+                  "clip": "clip", "select_frames": "clip"}
+_TAG_RE = {t: re.compile(rf"<{t}>(.*?)</{t}>", re.S) for t in ("think", "answer", "tool_call")}
+_BOXED_RE = re.compile(r"\\boxed\{(.*?)\}", re.S)
+
+
+def _content_text(content) -> str:
+  if isinstance(content, str):
+    return content
+  if isinstance(content, list):  # [{"type": "text", "text": ...}, {"type": "video", ...}, ...]
+    return "".join(c.get("text", "") for c in content if isinstance(c, Mapping) and c.get("type") == "text")
+  return ""
+
+
+def _content_video(content) -> str | None:
+  if isinstance(content, list):
+    for c in content:
+      if isinstance(c, Mapping) and c.get("type") in ("video", "image"):
+        src = c.get(c["type"]) or c.get("path") or c.get("url")
+        if isinstance(src, list):
+          src = src[0] if src else None
+        if isinstance(src, str):
+          return os.path.splitext(os.path.basename(src))[0]
+  return None
+
+
+def _tool_call_action(payload: str, where: str, f: str) -> Action:
+  """A `<tool_call>` payload -> Action. Native calls go through the project grammar's host-side parser; the
+  foreign names of Pixel-Reasoner are mapped here (the grammar only speaks the project's own names)."""
+  try:
+    call = json.loads(payload)
+  except json.JSONDecodeError as e:
+    raise _err(where, f, f"tool call is not valid JSON: {e}: {payload[:80]!r}") from None
+  if not isinstance(call, Mapping) or not isinstance(call.get("arguments"), Mapping):
+    raise _err(where, f, f"tool call needs 'name' and an 'arguments' object: {payload[:80]!r}")
+  name, args = _FOREIGN_NAMES.get(call.get("name")), call["arguments"]
+  if name is None:
+    raise _err(where, f + ".name", f"unknown tool {call.get('name')!r}; known: {sorted(_FOREIGN_NAMES)}")
+  if name == "crop":
+    a = {"name": "crop", "frame": args.get("frame", args.get("target_image")), "bbox_2d": args.get("bbox_2d")}
+  else:
+    a = {"name": "clip", "frames": args.get("frames", args.get("target_frames"))}
+  return _action_from_json(a, where, f)
+
+
+def from_messages(d: Mapping[str, Any], *, where: str | None = None, num_frames: int | None = None) -> Trajectory:
+  """A message-list record -> Trajectory.
+
+  Input: `{"qid"|"id", "video_id"?, "answers"?, "kind"?, "evidence"?, "messages": [{"role", "content"}, ...]}`
+  where content is a string or a list of `{"type": "text"|"video"|"image", ...}` parts. The first user text is
+  the question (`<video>`/`<image>` placeholders removed). Each assistant turn is one step: `think` is the text
+  inside `<think>` (or the text before the tool call), the action the last `<tool_call>{json}</tool_call>`, the
+  answer `<answer>..</answer>` or `\\boxed{..}`. Tool and user turns after the first are observations, which the
+  pipeline re-executes, so they are not stored. `kind` is inferred from the operations when absent.
+  """
+  where = where or f"record qid={d.get('qid', d.get('id'))!r}"
+  msgs = _need(d, "messages", (list, tuple), where)
+  question, video_id, steps = None, d.get("video_id"), []
+  for i, m in enumerate(msgs):
+    f = f"messages[{i}]"
+    if not isinstance(m, Mapping) or "role" not in m:
+      raise _err(where, f, "expected an object with 'role' and 'content'")
+    text = _content_text(m.get("content"))
+    if m["role"] == "user" and question is None:
+      question = re.sub(r"<(video|image)>", "", text).strip()
+      video_id = video_id or _content_video(m.get("content"))
+    elif m["role"] == "assistant":
+      calls = _TAG_RE["tool_call"].findall(text)
+      answer = _TAG_RE["answer"].findall(text) or _BOXED_RE.findall(text)
+      think = _TAG_RE["think"].findall(text)
+      think = think[0].strip() if think else _TAG_RE["tool_call"].split(text)[0].strip()
+      action = _tool_call_action(calls[-1], where, f + ".tool_call") if calls else None
+      steps.append(Step(think=think, action=action,
+                        answer=None if action is not None or not answer else answer[-1].strip()))
+  if question is None:
+    raise _err(where, "messages", "no user turn holds the question")
+  if not video_id:
+    raise _err(where, "video_id", "missing (neither a field nor a video part in the first user turn)")
+  answers = d.get("answers") or ([steps[-1].answer] if steps and steps[-1].answer else None)
+  if not answers:
+    raise _err(where, "answers", "missing (neither a field nor an answer in the last assistant turn)")
+  names = {s.action.name for s in steps if s.action is not None}
+  kind = d.get("kind") or {0: "rl", 1: "deliberate", 2: "compositional"}[len(names)]
+  qid = d.get("qid", d.get("id"))
+  t = Trajectory(qid=str(qid) if qid is not None else "", video_id=str(video_id), question=question,
+                 answers=tuple(str(a) for a in answers), kind=kind, steps=() if kind == "rl" else tuple(steps),
+                 evidence=dict(d.get("evidence") or {}))
+  return validate(t, num_frames=num_frames, where=where)
