@@ -25,6 +25,7 @@ class VisionConfig:
   fullatt_block_indexes: tuple[int, ...] = (7, 15, 23, 31)
   tokens_per_second: float = 2.0
   rms_norm_eps: float = 1e-6  # HF hard-codes 1e-6 for the vision RMSNorms
+  rope_theta: float = 10000.0  # axial 2-D rotary base (HF vision_config.rope_parameters.rope_theta)
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:

@@ -1,0 +1,215 @@
+"""HF Qwen2.5-VL checkpoint directory <-> (ModelConfig, params). One mapping table, used in both directions.
+
+Only `config.json` (JSON) and `*.safetensors` (numpy API) are read: loading never executes code and needs no torch.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from videor4_jax.model.config import ModelConfig, TextConfig, VisionConfig
+from videor4_jax.model.vlm import init_params
+
+# (flax path under params, HF tensor name, transform, stack). stack: "text" / "vision" per-layer tensors that the
+# scanned model holds stacked on a leading layer axis; "{i}" in the HF name is the layer index.
+# transforms: "copy"; "linear" (HF [out, in] <-> flax kernel [in, out]); "conv" (Conv3d weight <-> [C*t*p*p, D]).
+_TEXT_LAYER = [
+    ("input_layernorm/scale", "input_layernorm.weight", "copy"),
+    ("post_attention_layernorm/scale", "post_attention_layernorm.weight", "copy"),
+    ("q_proj/kernel", "self_attn.q_proj.weight", "linear"), ("q_proj/bias", "self_attn.q_proj.bias", "copy"),
+    ("k_proj/kernel", "self_attn.k_proj.weight", "linear"), ("k_proj/bias", "self_attn.k_proj.bias", "copy"),
+    ("v_proj/kernel", "self_attn.v_proj.weight", "linear"), ("v_proj/bias", "self_attn.v_proj.bias", "copy"),
+    ("o_proj/kernel", "self_attn.o_proj.weight", "linear"),
+    ("mlp/gate_proj/kernel", "mlp.gate_proj.weight", "linear"),
+    ("mlp/up_proj/kernel", "mlp.up_proj.weight", "linear"),
+    ("mlp/down_proj/kernel", "mlp.down_proj.weight", "linear"),
+]
+_VISION_BLOCK = [
+    ("norm1/scale", "norm1.weight", "copy"), ("norm2/scale", "norm2.weight", "copy"),
+    ("qkv/kernel", "attn.qkv.weight", "linear"), ("qkv/bias", "attn.qkv.bias", "copy"),
+    ("proj/kernel", "attn.proj.weight", "linear"), ("proj/bias", "attn.proj.bias", "copy"),
+] + [(f"mlp/{n}/{kind}", f"mlp.{n}.{'weight' if kind == 'kernel' else 'bias'}",
+      "linear" if kind == "kernel" else "copy")
+     for n in ("gate_proj", "up_proj", "down_proj") for kind in ("kernel", "bias")]
+
+
+def mapping_table(config: ModelConfig):
+  """Rows (flax path tuple, HF name, transform, layer index or None)."""
+  rows = [(("embed", "embedding"), "model.embed_tokens.weight", "copy", None),
+          (("decoder", "norm", "scale"), "model.norm.weight", "copy", None),
+          (("visual", "patch_embed", "kernel"), "visual.patch_embed.proj.weight", "conv", None),
+          (("visual", "merger_ln_q", "scale"), "visual.merger.ln_q.weight", "copy", None),
+          (("visual", "merger_fc1", "kernel"), "visual.merger.mlp.0.weight", "linear", None),
+          (("visual", "merger_fc1", "bias"), "visual.merger.mlp.0.bias", "copy", None),
+          (("visual", "merger_fc2", "kernel"), "visual.merger.mlp.2.weight", "linear", None),
+          (("visual", "merger_fc2", "bias"), "visual.merger.mlp.2.bias", "copy", None)]
+  if not config.tie_word_embeddings:
+    rows.append((("lm_head", "kernel"), "lm_head.weight", "linear", None))
+  for prefix, hf_prefix, table, depth in (("decoder", "model.layers", _TEXT_LAYER, config.text.num_hidden_layers),
+                                          ("visual", "visual.blocks", _VISION_BLOCK, config.vision.depth)):
+    group = "layers" if prefix == "decoder" else "blocks"
+    for i in range(depth):
+      for path, hf, kind in table:
+        if config.scan_layers:
+          rows.append(((prefix, group, *path.split("/")), f"{hf_prefix}.{i}.{hf}", kind, i))
+        else:
+          rows.append(((prefix, f"{group}_{i}", *path.split("/")), f"{hf_prefix}.{i}.{hf}", kind, None))
+  return rows
+
+
+def _to_flax(x: np.ndarray, kind: str) -> np.ndarray:
+  if kind == "linear":
+    return x.T
+  if kind == "conv":
+    return x.reshape(x.shape[0], -1).T
+  return x
+
+
+def _to_hf(x: np.ndarray, kind: str, hf_shape=None) -> np.ndarray:
+  if kind == "linear":
+    return np.ascontiguousarray(x.T)
+  if kind == "conv":
+    return np.ascontiguousarray(x.T.reshape(hf_shape))
+  return np.ascontiguousarray(x)
+
+
+# ---------------------------------------------------------------------------------------------- config.json
+def config_from_hf_dict(d: dict, **jax_settings) -> ModelConfig:
+  tc = d.get("text_config", d)
+  vc = d["vision_config"]
+  rope = tc.get("rope_parameters") or tc.get("rope_scaling") or d.get("rope_scaling") or {}
+  text = TextConfig(
+      vocab_size=tc.get("vocab_size", d.get("vocab_size")), hidden_size=tc["hidden_size"],
+      intermediate_size=tc["intermediate_size"], num_hidden_layers=tc["num_hidden_layers"],
+      num_attention_heads=tc["num_attention_heads"], num_key_value_heads=tc["num_key_value_heads"],
+      max_position_embeddings=tc.get("max_position_embeddings", 128000), rms_norm_eps=tc.get("rms_norm_eps", 1e-6),
+      rope_theta=rope.get("rope_theta", tc.get("rope_theta", d.get("rope_theta", 1000000.0))),
+      mrope_section=tuple(rope.get("mrope_section", (16, 24, 24))))
+  vision = VisionConfig(
+      depth=vc["depth"], hidden_size=vc.get("hidden_size", vc.get("embed_dim")),
+      intermediate_size=vc["intermediate_size"], num_heads=vc["num_heads"],
+      in_channels=vc.get("in_channels", vc.get("in_chans", 3)), patch_size=vc.get("patch_size", 14),
+      spatial_merge_size=vc.get("spatial_merge_size", 2), temporal_patch_size=vc.get("temporal_patch_size", 2),
+      window_size=vc.get("window_size", 112), out_hidden_size=vc.get("out_hidden_size", tc["hidden_size"]),
+      fullatt_block_indexes=tuple(vc.get("fullatt_block_indexes", ())),
+      tokens_per_second=vc.get("tokens_per_second", 2),
+      rope_theta=(vc.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+  ids = {k: d.get(k, tc.get(k)) for k in ("image_token_id", "video_token_id", "vision_start_token_id",
+                                            "vision_end_token_id", "bos_token_id", "eos_token_id", "pad_token_id")}
+  ids = {k: v for k, v in ids.items() if v is not None}
+  tie = d.get("tie_word_embeddings", tc.get("tie_word_embeddings", False))
+  return ModelConfig(text=text, vision=vision, tie_word_embeddings=bool(tie), **ids, **jax_settings)
+
+
+def config_to_hf_dict(config: ModelConfig) -> dict:
+  t, v = config.text, config.vision
+  text = dict(model_type="qwen2_5_vl_text", vocab_size=t.vocab_size, hidden_size=t.hidden_size,
+              intermediate_size=t.intermediate_size, num_hidden_layers=t.num_hidden_layers,
+              num_attention_heads=t.num_attention_heads, num_key_value_heads=t.num_key_value_heads,
+              max_position_embeddings=t.max_position_embeddings, rms_norm_eps=t.rms_norm_eps, hidden_act="silu",
+              rope_parameters=dict(rope_type="default", mrope_section=list(t.mrope_section), rope_theta=t.rope_theta),
+              bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
+              tie_word_embeddings=config.tie_word_embeddings)
+  vision = dict(model_type="qwen2_5_vl_vision", depth=v.depth, hidden_size=v.hidden_size, hidden_act="silu",
+                intermediate_size=v.intermediate_size, num_heads=v.num_heads, in_channels=v.in_channels,
+                patch_size=v.patch_size, spatial_merge_size=v.spatial_merge_size,
+                temporal_patch_size=v.temporal_patch_size, window_size=v.window_size,
+                out_hidden_size=v.out_hidden_size, fullatt_block_indexes=list(v.fullatt_block_indexes),
+                tokens_per_second=v.tokens_per_second,
+                rope_parameters=dict(rope_type="axial", rope_theta=v.rope_theta))
+  return dict(architectures=["Qwen2_5_VLForConditionalGeneration"], model_type="qwen2_5_vl",
+              text_config=text, vision_config=vision, vocab_size=t.vocab_size,
+              tie_word_embeddings=config.tie_word_embeddings, image_token_id=config.image_token_id,
+              video_token_id=config.video_token_id, vision_start_token_id=config.vision_start_token_id,
+              vision_end_token_id=config.vision_end_token_id, bos_token_id=config.bos_token_id,
+              eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
+
+
+# ---------------------------------------------------------------------------------------------- tensors
+class CheckpointError(ValueError):
+  pass
+
+
+def _read_tensors(path: str) -> dict[str, np.ndarray]:
+  index = os.path.join(path, "model.safetensors.index.json")
+  if os.path.exists(index):
+    with open(index) as f:
+      files = sorted(set(json.load(f)["weight_map"].values()))
+  else:
+    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+  if not files:
+    raise CheckpointError(f"{path}: no *.safetensors files (and no model.safetensors.index.json)")
+  tensors = {}
+  for name in files:
+    tensors.update(load_file(os.path.join(path, name)))
+  return tensors
+
+
+def _set(tree: dict, path: tuple, value):
+  for k in path[:-1]:
+    tree = tree.setdefault(k, {})
+  tree[path[-1]] = value
+
+
+def _get(tree, path):
+  for k in path:
+    tree = tree[k]
+  return tree
+
+
+def from_pretrained(path: str, dtype=jnp.float32, **jax_settings):
+  """Loads an HF Qwen2.5-VL directory. Returns `(ModelConfig, {"params": ...})` with arrays of `dtype`."""
+  cfg_file = os.path.join(path, "config.json")
+  if not os.path.isfile(cfg_file):
+    raise CheckpointError(f"{path}: no config.json (expected an HF Qwen2.5-VL checkpoint directory)")
+  with open(cfg_file) as f:
+    config = config_from_hf_dict(json.load(f), param_dtype=jnp.dtype(dtype).name, dtype=jnp.dtype(dtype).name,
+                                 **jax_settings)
+  tensors = _read_tensors(path)
+  expected = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))["params"]
+  params: dict = {}
+  stacks: dict[tuple, list] = {}
+  for fpath, hf, kind, layer in mapping_table(config):
+    if hf not in tensors:
+      raise CheckpointError(f"{path}: missing tensor {hf!r} (for params/{'/'.join(fpath)})")
+    x = _to_flax(tensors[hf], kind)
+    want = _get(expected, fpath).shape
+    want_one = want[1:] if layer is not None else want
+    if tuple(x.shape) != tuple(want_one):
+      raise CheckpointError(f"{path}: tensor {hf!r} has shape {tuple(tensors[hf].shape)} -> {tuple(x.shape)}, "
+                            f"expected {tuple(want_one)} for params/{'/'.join(fpath)}")
+    if layer is None:
+      _set(params, fpath, jnp.asarray(x, dtype))
+    else:
+      stacks.setdefault(fpath, []).append(x)
+  for fpath, xs in stacks.items():
+    _set(params, fpath, jnp.asarray(np.stack(xs), dtype))
+  return config, {"params": params}
+
+
+def save_pretrained(path: str, config: ModelConfig, params) -> None:
+  """Writes `config.json` + `model.safetensors` that HF transformers loads. Written to a temp name, then renamed."""
+  os.makedirs(path, exist_ok=True)
+  p = params["params"] if "params" in params else params
+  out = {}
+  hf_shapes = {"visual.patch_embed.proj.weight": (config.vision.hidden_size, config.vision.in_channels,
+                                                  config.vision.temporal_patch_size, config.vision.patch_size,
+                                                  config.vision.patch_size)}
+  for fpath, hf, kind, layer in mapping_table(config):
+    x = np.asarray(jax.device_get(_get(p, fpath)), np.float32)
+    if layer is not None:
+      x = x[layer]
+    out[hf] = _to_hf(x, kind, hf_shapes.get(hf))
+  tmp = os.path.join(path, "model.safetensors.tmp")
+  save_file(out, tmp, metadata={"format": "pt"})
+  os.replace(tmp, os.path.join(path, "model.safetensors"))
+  d = config_to_hf_dict(config)
+  d["dtype"] = "float32"
+  with open(os.path.join(path, "config.json.tmp"), "w") as f:
+    json.dump(d, f, indent=2)
+  os.replace(os.path.join(path, "config.json.tmp"), os.path.join(path, "config.json"))

@@ -1,0 +1,77 @@
+"""Building blocks shared by the vision tower and the text decoder: RMSNorm, dense layers with logical axes,
+rotary helpers and masked softmax attention."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = jnp.dtype
+
+
+def dense(features: int, axes: tuple[str, str], *, use_bias: bool, dtype, param_dtype, name: str) -> nn.Dense:
+  """nn.Dense whose kernel `[in, out]` and bias `[out]` carry logical axis names for the sharding rules."""
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+                  kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), axes),
+                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)))
+
+
+class RMSNorm(nn.Module):
+  """y = scale * x / sqrt(mean(x^2) + eps), statistics in float32 (as HF)."""
+  eps: float = 1e-6
+  axis_name: str = "embed"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+                       (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return scale.astype(self.dtype) * y.astype(self.dtype)
+
+
+class SwiGLU(nn.Module):
+  """down(silu(gate(x)) * up(x))."""
+  hidden: int
+  intermediate: int
+  use_bias: bool
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+    gate = dense(self.intermediate, ("embed", "mlp"), name="gate_proj", **kw)(x)
+    up = dense(self.intermediate, ("embed", "mlp"), name="up_proj", **kw)(x)
+    h = nn.with_logical_constraint(jax.nn.silu(gate) * up, ("batch", "length", "mlp")) if x.ndim == 3 else (
+        jax.nn.silu(gate) * up)
+    return dense(self.hidden, ("mlp", "embed"), name="down_proj", **kw)(h)
+
+
+def rotate_half(x):
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rotary(x, cos, sin):
+  """x * cos + rotate_half(x) * sin, computed in float32 (cos/sin broadcast over the head axis)."""
+  x32 = x.astype(jnp.float32)
+  return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)
+
+
+def masked_attention(q_bqhd, k_bkhd, v_bkhd, mask_bqk, *, scale: float):
+  """Softmax attention with grouped KV heads. q: [B, Q, H, D]; k, v: [B, K, Hkv, D]; mask: [B, Q, K] bool.
+
+  Scores and softmax in float32; masked scores take the dtype minimum (not -inf) so that a fully masked query
+  row (padding) yields a finite, unused output instead of NaN.
+  """
+  b, q_len, h, d = q_bqhd.shape
+  hkv = k_bkhd.shape[2]
+  q = q_bqhd.reshape(b, q_len, hkv, h // hkv, d)
+  scores = jnp.einsum("bqgrd,bkgd->bgrqk", q, k_bkhd, preferred_element_type=jnp.float32) * scale
+  scores = jnp.where(mask_bqk[:, None, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_bkhd.dtype)
+  out = jnp.einsum("bgrqk,bkgd->bqgrd", probs, v_bkhd)
+  return out.reshape(b, q_len, h, d)
