@@ -1,1 +1,17 @@
-"""videor4_jax: Video-R4 visual rumination on Qwen2.5-VL, in JAX."""
+"""videor4_jax: Video-R4 visual rumination on Qwen2.5-VL, in JAX.
+
+Stable public API:
+  from_pretrained(path, dtype=jnp.float32) -> (config, params)
+  save_pretrained(path, config, params)
+  forward(config, params, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
+          pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None) -> logits [B, T, V]
+  get_rope_index(config, input_ids, mm_token_type_ids=None, image_grid_thw=None, video_grid_thw=None,
+                 second_per_grid_ts=None, attention_mask=None) -> (position_ids [3, B, T], rope_deltas [B, 1])
+"""
+from videor4_jax.convert.hf import from_pretrained, save_pretrained
+from videor4_jax.model.config import ModelConfig, TextConfig, VisionConfig
+from videor4_jax.model.rope_index import get_rope_index
+from videor4_jax.model.vlm import forward, init_params
+
+__all__ = ["from_pretrained", "save_pretrained", "forward", "get_rope_index", "init_params", "ModelConfig",
+           "TextConfig", "VisionConfig"]

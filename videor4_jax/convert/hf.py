@@ -43,11 +43,11 @@ def mapping_table(config: ModelConfig):
   rows = [(("embed", "embedding"), "model.embed_tokens.weight", "copy", None),
           (("decoder", "norm", "scale"), "model.norm.weight", "copy", None),
           (("visual", "patch_embed", "kernel"), "visual.patch_embed.proj.weight", "conv", None),
-          (("visual", "merger_ln_q", "scale"), "visual.merger.ln_q.weight", "copy", None),
-          (("visual", "merger_fc1", "kernel"), "visual.merger.mlp.0.weight", "linear", None),
-          (("visual", "merger_fc1", "bias"), "visual.merger.mlp.0.bias", "copy", None),
-          (("visual", "merger_fc2", "kernel"), "visual.merger.mlp.2.weight", "linear", None),
-          (("visual", "merger_fc2", "bias"), "visual.merger.mlp.2.bias", "copy", None)]
+          (("visual", "merger", "ln_q", "scale"), "visual.merger.ln_q.weight", "copy", None),
+          (("visual", "merger", "fc1", "kernel"), "visual.merger.mlp.0.weight", "linear", None),
+          (("visual", "merger", "fc1", "bias"), "visual.merger.mlp.0.bias", "copy", None),
+          (("visual", "merger", "fc2", "kernel"), "visual.merger.mlp.2.weight", "linear", None),
+          (("visual", "merger", "fc2", "bias"), "visual.merger.mlp.2.bias", "copy", None)]
   if not config.tie_word_embeddings:
     rows.append((("lm_head", "kernel"), "lm_head.weight", "linear", None))
   for prefix, hf_prefix, table, depth in (("decoder", "model.layers", _TEXT_LAYER, config.text.num_hidden_layers),

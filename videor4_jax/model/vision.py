@@ -81,6 +81,24 @@ class VisionBlock(nn.Module):
     return x_nd, None
 
 
+class PatchMerger(nn.Module):
+  """RMSNorm, then each 2x2 group of consecutive patches `[4 * C]` -> Linear -> GELU -> Linear -> `[D_text]`."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_nc):
+    v = self.config.vision
+    dtype, pdt = jnp.dtype(self.config.dtype), jnp.dtype(self.config.param_dtype)
+    x_nc = RMSNorm(v.rms_norm_eps, axis_name="vis_embed", dtype=dtype, param_dtype=pdt, name="ln_q")(x_nc)
+    unit = v.spatial_merge_size ** 2
+    x = x_nc.reshape(x_nc.shape[0] // unit, unit * v.hidden_size)
+    x = dense(unit * v.hidden_size, ("vis_mlp", "vis_mlp2"), use_bias=True, dtype=dtype, param_dtype=pdt,
+              name="fc1")(x)
+    x = jax.nn.gelu(x, approximate=False)
+    return dense(v.out_hidden_size, ("vis_mlp2", "embed"), use_bias=True, dtype=dtype, param_dtype=pdt,
+                 name="fc2")(x)
+
+
 class VisionTower(nn.Module):
   """pixel_values `[N, C*tp*p*p]` (HF layout), grid_thw `[n, 3]` -> merged embeddings `[N / merge^2, D_text]`."""
   config: ModelConfig
@@ -101,12 +119,4 @@ class VisionTower(nn.Module):
     else:
       for i in range(v.depth):
         x, _ = VisionBlock(c, name=f"blocks_{i}")(x, is_full[i], consts)
-    # Patch merger: RMSNorm, then each 2x2 group of consecutive patches -> MLP.
-    x = RMSNorm(v.rms_norm_eps, axis_name="vis_embed", dtype=dtype, param_dtype=pdt, name="merger_ln_q")(x)
-    unit = v.spatial_merge_size ** 2
-    x = x.reshape(n // unit, unit * v.hidden_size)
-    x = dense(unit * v.hidden_size, ("vis_mlp", "vis_mlp2"), use_bias=True, dtype=dtype, param_dtype=pdt,
-              name="merger_fc1")(x)
-    x = jax.nn.gelu(x, approximate=False)
-    return dense(v.out_hidden_size, ("vis_mlp2", "embed"), use_bias=True, dtype=dtype, param_dtype=pdt,
-                 name="merger_fc2")(x)
+    return PatchMerger(c, name="merger")(x)

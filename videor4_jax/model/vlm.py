@@ -60,7 +60,6 @@ def init_params(config: ModelConfig, key: jax.Array):
   v = config.vision
   n = 4 * v.spatial_merge_size ** 2
   pv = jnp.zeros((n, v.patch_dim), jnp.float32)
-  grid = jnp.array([[1, 2 * v.spatial_merge_size, 2 * v.spatial_merge_size // 2 * 1]], jnp.int32)
   grid = jnp.array([[1, v.spatial_merge_size * 2, v.spatial_merge_size * 2]], jnp.int32)
   ids = jnp.zeros((1, 4), jnp.int32)
   pos = jnp.zeros((3, 1, 4), jnp.int32)
