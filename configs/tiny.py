@@ -14,7 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
                 rms_norm_eps=1e-6, rope_theta=10000.0, mrope_section=(4, 6, 6)),
       vision=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, in_channels=3, patch_size=14,
                   spatial_merge_size=2, temporal_patch_size=2, window_size=56, out_hidden_size=128,
-                  fullatt_block_indexes=(1,), tokens_per_second=2.0),
+                  fullatt_block_indexes=(1,), tokens_per_second=2),
       tie_word_embeddings=True,
   )
   # Static shapes of the rumination loop (videor4_jax.rumination.config.RolloutConfig).

@@ -23,7 +23,7 @@ class VisionConfig:
   window_size: int = 112
   out_hidden_size: int = 3584
   fullatt_block_indexes: tuple[int, ...] = (7, 15, 23, 31)
-  tokens_per_second: float = 2.0
+  tokens_per_second: int = 2
   rms_norm_eps: float = 1e-6  # HF hard-codes 1e-6 for the vision RMSNorms
   rope_theta: float = 10000.0  # axial 2-D rotary base (HF vision_config.rope_parameters.rope_theta)
 
@@ -100,3 +100,15 @@ class ModelConfig:
 
   def replace(self, **kw) -> "ModelConfig":
     return dataclasses.replace(self, **kw)
+
+
+def model_config_from_dict(d, **overrides) -> ModelConfig:
+  """Builds a ModelConfig from a (ml_collections or plain) dict with `text` and `vision` sub-dicts."""
+  d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
+  d.update(overrides)
+  unknown = set(d) - {f.name for f in dataclasses.fields(ModelConfig)}
+  if unknown:
+    raise ValueError(f"model config: unknown fields {sorted(unknown)}")
+  text = TextConfig(**dict(d.pop("text", {})))
+  vision = VisionConfig(**dict(d.pop("vision", {})))
+  return ModelConfig(text=text, vision=vision, **d)
