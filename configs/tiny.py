@@ -18,6 +18,6 @@ def get_config() -> ml_collections.ConfigDict:
       tie_word_embeddings=True,
   )
   # Static shapes of the rumination loop (videor4_jax.rumination.config.RolloutConfig).
-  c.rollout = dict(max_steps=3, max_step_tokens=40, cache_len=512, obs_hw=(56, 56), max_clip_frames=4,
+  c.rollout = dict(max_steps=3, max_step_tokens=40, cache_len=512, obs_hw=(112, 112), max_clip_frames=4,
                    crop_margin=0.0, crop_min_px=8, clip_seconds_per_group=1.0, temperature=1.0, top_p=1.0)
   return c
