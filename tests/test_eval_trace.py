@@ -1,0 +1,39 @@
+"""The trace report draws each crop box where the action put it and links every PNG it writes."""
+import os
+import re
+
+import numpy as np
+from PIL import Image
+
+from videor4_jax.eval.trace import BOX_COLOR, write_trace_report
+
+
+def _record():
+  rng = np.random.default_rng(0)
+  src = rng.integers(0, 60, size=(4, 100, 200, 3), dtype=np.uint8)   # dark frames: the box colour stands out
+  return {"qid": "q-1", "question": "What is written on the red sign?", "golds": ["42"], "prediction": "42",
+          "correct": True, "global_frames": src[:, ::4, ::4], "source_frames": src,
+          "steps": [{"text": "<think>the red sign is top left</think>",
+                     "action": {"name": "crop", "frame": 2, "bbox_2d": [0.25, 0.5, 0.75, 1.0]}, "error": None,
+                     "observation": src[1:2, 50:, 50:150]},
+                    {"text": "<think>check frames</think>", "action": {"name": "clip", "frames": [1, 3]},
+                     "error": None, "observation": src[[0, 2]]},
+                    {"text": "<think>bad</think>", "action": {"name": "crop", "frame": 9, "bbox_2d": [0.5, 0.5, 0.1, 0.1]},
+                     "error": "frame out of range", "observation": None},
+                    {"text": "<answer>42</answer>", "action": None, "error": None, "observation": None}]}
+
+
+def test_trace_report_draws_boxes_and_links_pngs(tmp_path):
+  path = write_trace_report(str(tmp_path), [_record()])
+  page = open(path, encoding="utf-8").read()
+  srcs = re.findall(r"src='([^']+)'", page)
+  assert srcs and all(os.path.exists(tmp_path / s) for s in srcs)
+  assert "frame out of range" in page and "What is written on the red sign?" in page
+  box = np.asarray(Image.open(tmp_path / "q0_s0_box.png"))
+  red = np.all(box == BOX_COLOR, axis=-1)
+  ys, xs = np.nonzero(red)
+  # Box (0.25, 0.5)-(0.75, 1.0) on a 200x100 frame: x in [49.75, 149.25], y in [49.5, 99].
+  assert abs(xs.min() - 50) <= 2 and abs(xs.max() - 149) <= 2
+  assert abs(ys.min() - 50) <= 2 and ys.max() >= 97
+  assert not red[:45].any() and not red[:, :45].any()
+  assert os.path.exists(tmp_path / "q0_s1_clip.png") and os.path.exists(tmp_path / "q0_s0_obs.png")
