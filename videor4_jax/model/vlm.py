@@ -136,6 +136,18 @@ def merge_vision(input_ids_bt, embeds_btd, image_embeds=None, video_embeds=None,
   return out.reshape(b, t, d)
 
 
+def merge_row_vision(tokens_embeds_bsd, is_vision_bs, embeds_bnd, valid_bn):
+  """Per-row merge: the k-th vision token of row b takes the k-th valid embedding of row b.
+
+  embeds_bnd `[B, N, D]` with validity `valid_bn [B, N]` (padding items interleaved); is_vision_bs `[B, S]`.
+  """
+  order = jnp.argsort(~valid_bn, axis=1, stable=True)                                 # valid first, in order
+  compact = jnp.take_along_axis(embeds_bnd, order[..., None], axis=1)
+  k = jnp.clip(jnp.cumsum(is_vision_bs, axis=1) - 1, 0, compact.shape[1] - 1)
+  picked = jnp.take_along_axis(compact, k[..., None], axis=1)
+  return jnp.where(is_vision_bs[..., None], picked.astype(tokens_embeds_bsd.dtype), tokens_embeds_bsd)
+
+
 def forward(config: ModelConfig, params, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
             pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None):
   """HF-style forward: logits `[B, T, V]` (float32). Pure and jittable (positions computed in-graph)."""

@@ -1,0 +1,188 @@
+"""The jitted rumination rollout: one compiled graph, KV cache kept across turns.
+
+    prefill(prompt) -> scan over R steps:
+        while_loop decode (<= T tokens, per-row stop; grammar-constrained inside a tool call)
+        parse the call in-graph -> crop / clip the source frames -> vision tower -> observation chunk
+        -> incremental prefill of the chunk into the same cache, positions continuing from the row's counter
+
+Shapes are static (rows B*G, cache S, steps R, tokens per step T, observation length N); rows that answered or
+failed keep running masked (their writes are invalid and do not advance), so compile time does not grow with R.
+Every row's computation depends only on its own inputs and its own key (`fold_in(key, row)`), so a row's result
+does not change when the other rows of the batch change.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from videor4_jax.rumination import env as env_lib
+from videor4_jax.rumination.config import RolloutConfig
+from videor4_jax.rumination.sampling import sample_next
+from videor4_jax.rumination.trajectory import Actions, Trajectory
+
+STOP_RUNNING, STOP_TOOL_CALL, STOP_ANSWER, STOP_BUDGET = 0, 1, 2, 3
+
+
+def _write_rows(buf_bs, upd_bn, offset_b):
+  """Writes `upd[b]` into `buf[b]` at slot `offset[b]` (per-row offsets)."""
+  return jax.vmap(lambda buf, upd, off: jax.lax.dynamic_update_slice_in_dim(buf, upd, off, axis=0))(
+      buf_bs, upd_bn, offset_b)
+
+
+def _row_keys(key, step, t, rows):
+  return jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, r), step), t))(
+      jnp.arange(rows))
+
+
+def rollout(env: env_lib.RuminationEnv, params, prompts: dict, key: jax.Array, *, num_generations: int = 1,
+            greedy: bool = False, temperature: float | None = None, top_p: float | None = None) -> Trajectory:
+  """Ruminates on a batch of prompts. See `make_rollout_fn` for the jitted form and the prompt fields."""
+  return make_rollout_fn(env, num_generations=num_generations, greedy=greedy, temperature=temperature,
+                         top_p=top_p)(params, prompts, key)
+
+
+def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, greedy: bool = False,
+                    temperature: float | None = None, top_p: float | None = None):
+  """Returns `jit(fn)(params, prompts, key) -> Trajectory` with B*G rows.
+
+  prompts (right-padded, one video per row, as `data.pipeline` produces):
+    input_ids [B, Tp] int32, attention_mask [B, Tp], pixel_values_videos [B, Nv, P], video_grid_thw [B, 3],
+    source_frames [B, F, H, W, 3] uint8.
+  """
+  rc: RolloutConfig = env.rollout
+  temperature = rc.temperature if temperature is None else temperature
+  top_p = rc.top_p if top_p is None else top_p
+  sample = functools.partial(sample_next, temperature=temperature, top_p=top_p, greedy=greedy)
+  G = num_generations
+
+  def fn(params, prompts, key):
+    prompts = jax.tree.map(lambda x: jnp.repeat(x, G, axis=0), prompts)
+    input_ids_bt = prompts["input_ids"].astype(jnp.int32)
+    B, Tp = input_ids_bt.shape
+    S, R, T = rc.cache_len, rc.max_steps, rc.max_step_tokens
+    N = env.obs_len
+    if Tp + R * (T + N) > S:
+      raise ValueError(f"cache_len={S} < prompt {Tp} + max_steps {R} * (max_step_tokens {T} + observation {N})")
+
+    # ---- prefill -------------------------------------------------------------------------------------------
+    pf = env.prefill_inputs(params, prompts)     # right-aligned embeds, positions, valid, counter, video feats
+    cache = env.init_cache(B, S)
+    hidden_btd, cache = env.decode(params, pf["embeds"], pf["positions"], pf["valid"], cache,
+                                   jnp.zeros((B,), jnp.int32))
+    length_b = pf["valid"].sum(-1).astype(jnp.int32)
+    last_h_bd = jnp.take_along_axis(hidden_btd, (length_b - 1)[:, None, None], axis=1)[:, 0]
+    logits_bv = env.logits(params, last_h_bd)
+
+    pad_s = S - Tp
+    rec = dict(
+        tokens=jnp.pad(pf["ids"], ((0, 0), (0, pad_s))),
+        positions=jnp.pad(pf["positions"], ((0, 0), (0, 0), (0, pad_s))),
+        valid=jnp.pad(pf["valid"], ((0, 0), (0, pad_s))),
+        loss_mask=jnp.zeros((B, S), jnp.float32),
+        logp=jnp.zeros((B, S), jnp.float32),
+        mm_types=jnp.pad(pf["mm_types"], ((0, 0), (0, pad_s))),
+    )
+    state = dict(cache=cache, write=length_b, counter=pf["next_counter"], logits=logits_bv,
+                 done=jnp.zeros((B,), bool), answered=jnp.zeros((B,), bool), rec=rec,
+                 last_clip=jnp.zeros((B, env.video_groups), bool), num_generated=jnp.zeros((B,), jnp.int32))
+
+    # ---- one rumination step ---------------------------------------------------------------------------------
+    def decode_segment(state, step):
+      def cond(c):
+        return (c["t"] < T) & jnp.any(c["active"])
+
+      def body(c):
+        allowed_bv = env.allowed_tokens(c["gstate"])
+        keys = _row_keys(key, step, c["t"], B)
+        tok_b, logp_b = jax.vmap(lambda k, l, a: tuple(x[0] for x in sample(k, l[None], a[None])))(
+            keys, c["logits"], allowed_bv)
+        act_b = c["active"]
+        gstate_b = env.advance_grammar(c["gstate"], tok_b)
+        ends_call_b = env.grammar_accepts(gstate_b)
+        ends_answer_b = (tok_b == env.im_end_id) & (c["gstate"] == 0)
+        stop_b = jnp.where(ends_call_b, STOP_TOOL_CALL, jnp.where(ends_answer_b, STOP_ANSWER, STOP_RUNNING))
+        # Record the sampled token at the row's write slot; inactive rows write nothing valid.
+        slot_b = c["write"]
+        pos_3b = jnp.broadcast_to(c["counter"][None], (3, B))
+        r = c["rec"]
+        one = lambda buf, val: _write_rows(buf, val[:, None], slot_b)
+        r = dict(r, tokens=jnp.where(act_b[:, None], one(r["tokens"], tok_b), r["tokens"]),
+                 valid=jnp.where(act_b[:, None], one(r["valid"], act_b), r["valid"]),
+                 loss_mask=jnp.where(act_b[:, None], one(r["loss_mask"], act_b.astype(jnp.float32)), r["loss_mask"]),
+                 logp=jnp.where(act_b[:, None], one(r["logp"], logp_b), r["logp"]),
+                 mm_types=jnp.where(act_b[:, None], one(r["mm_types"], jnp.zeros_like(tok_b)), r["mm_types"]),
+                 positions=jnp.where(act_b[None, :, None],
+                                     jax.vmap(_write_rows, in_axes=(0, 0, None))(r["positions"], pos_3b[:, :, None],
+                                                                                 slot_b), r["positions"]))
+        emb_b1d = env.embed(params, tok_b[:, None])
+        h_b1d, cache = env.decode(params, emb_b1d, pos_3b[:, :, None], act_b[:, None], c["cache"], slot_b)
+        logits_bv = jnp.where(act_b[:, None], env.logits(params, h_b1d[:, 0]), c["logits"])
+        step_tok = jnp.where(act_b[:, None], _write_rows(c["step_tokens"], tok_b[:, None], c["step_len"]),
+                             c["step_tokens"])
+        adv = act_b.astype(jnp.int32)
+        return dict(c, t=c["t"] + 1, cache=cache, logits=logits_bv, rec=r, write=c["write"] + adv,
+                    counter=c["counter"] + adv, step_tokens=step_tok, step_len=c["step_len"] + adv,
+                    gstate=jnp.where(act_b, gstate_b, c["gstate"]),
+                    stop=jnp.where(act_b, stop_b, c["stop"]), active=act_b & (stop_b == STOP_RUNNING))
+
+      c0 = dict(t=jnp.int32(0), cache=state["cache"], logits=state["logits"], rec=state["rec"],
+                write=state["write"], counter=state["counter"], active=~state["done"],
+                gstate=jnp.zeros((B,), jnp.int32), stop=jnp.zeros((B,), jnp.int32),
+                step_tokens=jnp.zeros((B, T), jnp.int32), step_len=jnp.zeros((B,), jnp.int32))
+      c = jax.lax.while_loop(cond, body, c0)
+      # Rows still running at the budget are cut: they fail (no answer) and stop.
+      stop_b = jnp.where(c["active"], STOP_BUDGET, c["stop"])
+      return c, stop_b
+
+    def step_fn(state, step):
+      was_done_b = state["done"]
+      c, stop_b = decode_segment(state, step)
+      called_b = (stop_b == STOP_TOOL_CALL) & ~was_done_b
+      action = env.parse_action(c["step_tokens"], c["step_len"])
+      obs = env.observe(params, prompts["source_frames"], action, called_b, c["counter"])
+      chunk_valid_bn = obs["valid"]
+      pos_3bn, next_counter_b = obs["positions"], obs["next_counter"]
+      h_bnd, cache = env.decode(params, obs["embeds"], pos_3bn, chunk_valid_bn, c["cache"], c["write"])
+      n_b = chunk_valid_bn.sum(-1).astype(jnp.int32)
+      last_h_bd = jnp.take_along_axis(h_bnd, jnp.maximum(n_b - 1, 0)[:, None, None], axis=1)[:, 0]
+      logits_bv = jnp.where(called_b[:, None], env.logits(params, last_h_bd), c["logits"])
+      r = c["rec"]
+      w = c["write"]
+      keep = lambda buf, upd: jnp.where(called_b[:, None], _write_rows(buf, upd, w), buf)
+      r = dict(r, tokens=keep(r["tokens"], obs["ids"]), valid=keep(r["valid"], chunk_valid_bn),
+               mm_types=keep(r["mm_types"], obs["mm_types"]),
+               positions=jnp.where(called_b[None, :, None],
+                                   jax.vmap(_write_rows, in_axes=(0, 0, None))(r["positions"], pos_3bn, w),
+                                   r["positions"]))
+      answered_b = state["answered"] | ((stop_b == STOP_ANSWER) & ~was_done_b)
+      done_b = was_done_b | (stop_b != STOP_TOOL_CALL)
+      new_state = dict(cache=cache, write=w + n_b, counter=jnp.where(called_b, next_counter_b, c["counter"]),
+                       logits=logits_bv, done=done_b, answered=answered_b, rec=r,
+                       last_clip=jnp.where(obs["clip_groups"].any(-1, keepdims=True), obs["clip_groups"],
+                                           state["last_clip"]),
+                       num_generated=state["num_generated"] + c["step_len"])
+      per_step = dict(kind=jnp.where(called_b, action["kind"], 0), frame=action["frame"], box=action["box"],
+                      frames=action["frames"], num_frames=action["num_frames"],
+                      error=jnp.where(called_b, obs["error"], 0), called=called_b,
+                      obs_pixels=obs["pixels"], obs_grid=obs["grid"], obs_valid=called_b & obs["has_vision"],
+                      region_feat=obs["pooled"], region_mask=called_b & obs["is_crop_ok"])
+      return new_state, per_step
+
+    state, steps = jax.lax.scan(step_fn, state, jnp.arange(R))
+    sw = lambda x: jnp.swapaxes(x, 0, 1)   # [R, B, ...] -> [B, R, ...]
+    rec = state["rec"]
+    return Trajectory(
+        tokens=rec["tokens"], positions=rec["positions"], valid=rec["valid"], loss_mask=rec["loss_mask"],
+        logp=rec["logp"], mm_types=rec["mm_types"], length=state["write"],
+        video_pixels=prompts["pixel_values_videos"], video_grid=prompts["video_grid_thw"].astype(jnp.int32),
+        obs_pixels=sw(steps["obs_pixels"]), obs_grid=sw(steps["obs_grid"]), obs_valid=sw(steps["obs_valid"]),
+        actions=Actions(kind=sw(steps["kind"]), frame=sw(steps["frame"]), box=sw(steps["box"]),
+                        frames=sw(steps["frames"]), num_frames=sw(steps["num_frames"]), error=sw(steps["error"]),
+                        called=sw(steps["called"])),
+        answered=state["answered"], video_feats=pf["video_feats"], region_feats=sw(steps["region_feat"]),
+        region_mask=sw(steps["region_mask"]), last_clip_groups=state["last_clip"],
+        num_generated=state["num_generated"])
+
+  return jax.jit(fn)
