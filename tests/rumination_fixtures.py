@@ -7,7 +7,7 @@ import numpy as np
 
 from videor4_jax.model import vlm
 from videor4_jax.model.config import ModelConfig, TextConfig, VisionConfig
-from videor4_jax.processing import chat
+from videor4_jax.processing import chat, grammar
 from videor4_jax.processing.tokenizer import Tokenizer, padded_vocab_size
 from videor4_jax.rumination.config import RolloutConfig
 from videor4_jax.rumination.env import make_env
@@ -28,8 +28,8 @@ def tiny_model_config(tok: Tokenizer) -> ModelConfig:
       eos_token_id=tok.im_end_id, pad_token_id=tok.pad_id)
 
 
-def biased_params(config: ModelConfig, tok: Tokenizer, seed: int = 0, tool_bias: float = 6.0,
-                  end_bias: float = 5.5):
+def biased_params(config: ModelConfig, tok: Tokenizer, seed: int = 0, tool_bias: float = 8.0,
+                  end_bias: float = 7.5):
   """Random params plus a constant residual direction (embedding dim 0) that the LM head reads as a preference
   for `<tool_call>` and `<|im_end|>`, so that random models really call tools (and sometimes stop)."""
   params = vlm.init_params(config, jax.random.key(seed))
@@ -39,6 +39,12 @@ def biased_params(config: ModelConfig, tok: Tokenizer, seed: int = 0, tool_bias:
   head = p["lm_head"]["kernel"]
   head = head.at[0, :].set(0.0)
   head = head.at[0, tok.tool_call_start_id].set(tool_bias).at[0, tok.im_end_id].set(end_bias)
+  # Inside a call, prefer small frame numbers, "0.xx" coordinates and closing a number early, so that many (not
+  # all) actions are valid and the vision path runs.
+  for text, bias in (("1", 3.0), ("2", 3.0), ("3", 3.0), ("4", 3.0), ("0", 3.0), (grammar.SEP, 6.0),
+                     (grammar.CLOSE, 6.0), (grammar.BBOX_OPEN, 6.0)):
+    (i,) = tok.encode(text)
+    head = head.at[0, i].set(bias)
   p["lm_head"]["kernel"] = head
   return params
 

@@ -51,7 +51,7 @@ def _pad(ids, n=160):
   return jnp.asarray(ids + [0] * (n - len(ids))), jnp.asarray([True] * len(ids) + [False] * (n - len(ids)))
 
 
-coord = st.integers(0, 999).map(lambda v: v / 100)
+coord = st.integers(0, 99).map(lambda v: v / 100)
 crop_actions = st.builds(lambda f, b: {"name": "crop", "frame": f, "bbox_2d": b}, st.integers(1, 99),
                          st.lists(coord, min_size=4, max_size=4))
 clip_actions = st.builds(lambda fs: {"name": "clip", "frames": fs}, st.lists(st.integers(1, 99), min_size=1,

@@ -3,7 +3,7 @@
     <tool_call>{"name": "crop", "arguments": {"frame": 3, "bbox_2d": [0.12, 0.60, 0.55, 0.80]}}</tool_call>
     <tool_call>{"name": "clip", "arguments": {"frames": [5, 6, 7, 8]}}</tool_call>
 
-frames are 1-based integers (1-2 digits, no leading zero), box coordinates are normalized `d.dd`. From this one definition come
+frames are 1-based integers (1-2 digits, no leading zero), box coordinates are normalized `0.dd`. From this one definition come
 (a) `encode_action`: the token ids of an action (SFT data), as the concatenation of per-piece encodings;
 (b) `Automaton`: a token-level DFA compiled for any tokenizer, as small arrays usable inside `jit` (no `[V]`-sized
     tables: each state has at most E outgoing edges), for constrained decoding once `<tool_call>` is emitted;
@@ -51,7 +51,9 @@ ERROR_MESSAGES = {e: e.name.lower().replace("_", " ") for e in ActionError}
 
 
 def _fmt_coord(x: float) -> str:
-  return f"{min(max(float(x), 0.0), 9.99):.2f}"
+  """Box coordinates are written `0.dd`: normalized, clamped to [0, 0.99] (the frame's last 1% is not addressable;
+  crops are padded by a margin anyway), so that constrained decoding cannot produce an out-of-range value."""
+  return f"{min(max(round(float(x), 2), 0.0), 0.99):.2f}"
 
 
 def action_text(action: dict) -> str:
@@ -151,15 +153,15 @@ def build_automaton(tokenizer, max_frames: int) -> Automaton:
       add_edge(one, t, two, v)
     return [one, two]
 
-  def coord(entry, reg, k):       # d.dd -> hundredths
+  def coord(entry, reg, k):       # 0.dd -> hundredths (the leading "0." is forced)
     a, b, c, d = new_state(k), new_state(k), new_state(k), new_state(k)
-    for s in (entry, b, c):
+    for s in (b, c):
       slot[s] = reg
+    add_edge(entry, digit_ids[0], a)
+    add_edge(a, dot_id, b)
     for v, t in enumerate(digit_ids):
-      add_edge(entry, t, a, v)
       add_edge(b, t, c, v)
       add_edge(c, t, d, v)
-    add_edge(a, dot_id, b)
     return [d]
 
   after_open = literal([START], OPEN, KIND_NONE)
