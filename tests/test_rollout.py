@@ -183,3 +183,20 @@ def test_compiled_graph_does_not_grow_with_steps(setup):
   print(f"rollout compile time: R=2 {times[2]:.2f}s, R=8 {times[8]:.2f}s, ratio {times[8] / times[2]:.2f}; "
         f"program size ratio {sizes[8] / sizes[2]:.3f}")
   assert sizes[8] / sizes[2] < 1.02
+
+
+def test_sharded_rollout_equals_single_device(setup):
+  """Batch over (data, fsdp), weights by the logical rules, on the 8-device CPU mesh."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from videor4_jax.parallel.sharding import make_mesh, param_shardings
+  tok, config, params, env = setup
+  prompts = make_prompts(tok, config, 4, seed=4)
+  fn = make_rollout_fn(env, num_generations=2)
+  ref = fn(params, prompts, jax.random.key(4))
+  mesh = make_mesh((2, 2, 2))
+  sp = jax.device_put(params, param_shardings(config, mesh))
+  batch_sharded = {k: jax.device_put(v, NamedSharding(mesh, P(("data", "fsdp")))) for k, v in prompts.items()}
+  with jax.set_mesh(mesh):
+    got = fn(sp, batch_sharded, jax.random.key(4))
+  np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(ref.tokens))
+  np.testing.assert_allclose(np.asarray(got.logp), np.asarray(ref.logp), atol=1e-5, rtol=1e-6)

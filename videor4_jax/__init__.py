@@ -7,11 +7,18 @@ Stable public API:
           pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None) -> logits [B, T, V]
   get_rope_index(config, input_ids, mm_token_type_ids=None, image_grid_thw=None, video_grid_thw=None,
                  second_per_grid_ts=None, attention_mask=None) -> (position_ids [3, B, T], rope_deltas [B, 1])
+  make_env(config, rollout_config, tokenizer, num_frames) -> RuminationEnv
+  rollout(env, params, prompts, key, *, num_generations=1, greedy=False, temperature=None, top_p=None) -> Trajectory
+  make_rollout_fn(env, ...) -> jitted (params, prompts, key) -> Trajectory
 """
 from videor4_jax.convert.hf import from_pretrained, save_pretrained
 from videor4_jax.model.config import ModelConfig, TextConfig, VisionConfig
 from videor4_jax.model.rope_index import get_rope_index
 from videor4_jax.model.vlm import forward, init_params
+from videor4_jax.rumination.config import RolloutConfig
+from videor4_jax.rumination.env import make_env
+from videor4_jax.rumination.rollout import make_rollout_fn, rollout
+from videor4_jax.rumination.trajectory import Trajectory
 
 __all__ = ["from_pretrained", "save_pretrained", "forward", "get_rope_index", "init_params", "ModelConfig",
-           "TextConfig", "VisionConfig"]
+           "TextConfig", "VisionConfig", "RolloutConfig", "make_env", "rollout", "make_rollout_fn", "Trajectory"]
