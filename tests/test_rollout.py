@@ -200,3 +200,28 @@ def test_sharded_rollout_equals_single_device(setup):
     got = fn(sp, batch_sharded, jax.random.key(4))
   np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(ref.tokens))
   np.testing.assert_allclose(np.asarray(got.logp), np.asarray(ref.logp), atol=1e-5, rtol=1e-6)
+
+
+def test_observation_positions_equal_rope_index_over_the_full_conversation(setup):
+  """Positions the rollout gave to its appended observation chunks (from each row's counter) equal
+  get_rope_index over the finished conversation."""
+  tok, config, params, env = setup
+  prompts = make_prompts(tok, config, 4, seed=0)
+  traj = make_rollout_fn(env, num_generations=2)(params, prompts, jax.random.key(0))
+  checked_vision = 0
+  for b in range(8):
+    v = np.asarray(traj.valid[b])
+    ids = np.asarray(traj.tokens[b])[v][None]
+    items = [("video", np.asarray(traj.video_grid[b]))]
+    for r in range(env.rollout.max_steps):
+      if bool(traj.obs_valid[b, r]):
+        g = np.asarray(traj.obs_grid[b, r])
+        items.append(("image" if int(traj.actions.kind[b, r]) == 1 else "video", g))
+    imgs = [g for k, g in items if k == "image"]
+    vids = [g for k, g in items if k == "video"]
+    ref, _ = rope_index.get_rope_index(config, ids, image_grid_thw=np.array(imgs) if imgs else None,
+                                       video_grid_thw=np.array(vids),
+                                       second_per_grid_ts=[env.rollout.clip_seconds_per_group] * len(vids))
+    np.testing.assert_array_equal(np.asarray(traj.positions[:, b])[:, v], ref[:, 0])
+    checked_vision += len(items) - 1
+  assert checked_vision > 0
