@@ -54,3 +54,41 @@ def outcome_index(t: ObservationTemplates, kind, error, groups):
 def build_observation(t: ObservationTemplates, outcome_b):
   """`(ids [B, N], valid [B, N], mm_types [B, N])` for each row's outcome index."""
   return (jnp.asarray(t.ids)[outcome_b], jnp.asarray(t.valid)[outcome_b], jnp.asarray(t.mm_types)[outcome_b])
+
+
+def execute_host(src_fhw3, action: dict | None, *, obs_hw, max_clip_frames: int, crop_margin: float = 0.0,
+                 crop_min_px: int = 8, num_frames: int | None = None):
+  """Runs one action dict on the host with the rollout's pixel ops (compiled: bit-identical to the graph).
+
+  Returns `(frames [K', h, w, 3] float32, groups, error, modality)`: a crop is its image duplicated temporally
+  (one group), a clip is its frames (ceil(n/2) groups); frames beyond the groups are zero (the rollout's layout).
+  """
+  from videor4_jax.processing import grammar
+  from videor4_jax.rumination import pixel_ops
+  k2 = max_clip_frames + (max_clip_frames % 2)
+  zeros = np.zeros((k2, *obs_hw, 3), np.float32)
+  if action is None:
+    return zeros, 0, ActionError.MALFORMED, chat.IMAGE
+  f = num_frames or src_fhw3.shape[0]
+  if action["name"] == "crop":
+    parsed = grammar.validate(grammar.KIND_CROP, action["frame"], np.asarray(action["bbox_2d"], np.float32),
+                              np.zeros((max_clip_frames,), np.int32), 0, complete=True, num_frames=f,
+                              max_frames=max_clip_frames)
+    px, err = pixel_ops.crop_host(src_fhw3, int(parsed.frame), parsed.box, out_hw=tuple(obs_hw),
+                                  margin=crop_margin, min_px=crop_min_px)
+    err = int(parsed.error) or int(err)
+    if err:
+      return zeros, 0, err, chat.IMAGE
+    zeros[0] = zeros[1] = np.asarray(px)
+    return zeros, 1, 0, chat.IMAGE
+  if action["name"] == "clip":
+    frames = list(action["frames"])
+    if len(frames) > max_clip_frames:
+      return zeros, 0, int(ActionError.TOO_MANY_FRAMES), chat.VIDEO
+    padded = np.zeros((max_clip_frames,), np.int32)
+    padded[:len(frames)] = frames
+    px, _, groups, err = pixel_ops.clip_host(src_fhw3, padded, len(frames), out_hw=tuple(obs_hw))
+    if int(err):
+      return zeros, 0, int(err), chat.VIDEO
+    return np.asarray(px, np.float32), int(groups), 0, chat.VIDEO
+  return zeros, 0, int(ActionError.UNKNOWN_TOOL), chat.IMAGE

@@ -100,3 +100,4 @@ def to_patches(frames_thw3, *, patch: int = 14, temporal: int = 2, merge: int = 
 # compiled form; the rollout inlines the same functions into its graph.
 crop_host = jax.jit(crop, static_argnames=("out_hw", "margin", "min_px"))
 clip_host = jax.jit(clip, static_argnames=("out_hw",))
+to_patches_host = jax.jit(to_patches, static_argnames=("patch", "temporal", "merge", "xp"))
