@@ -82,6 +82,7 @@ def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, gre
         valid=jnp.pad(pf["valid"], ((0, 0), (0, pad_s))),
         loss_mask=jnp.zeros((B, S), jnp.float32),
         logp=jnp.zeros((B, S), jnp.float32),
+        forced=jnp.zeros((B, S), bool),
         mm_types=jnp.pad(pf["mm_types"], ((0, 0), (0, pad_s))),
     )
     state = dict(cache=cache, write=length_b, counter=pf["next_counter"], logits=logits_bv,
@@ -112,6 +113,7 @@ def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, gre
                  valid=jnp.where(act_b[:, None], one(r["valid"], act_b), r["valid"]),
                  loss_mask=jnp.where(act_b[:, None], one(r["loss_mask"], act_b.astype(jnp.float32)), r["loss_mask"]),
                  logp=jnp.where(act_b[:, None], one(r["logp"], logp_b), r["logp"]),
+                 forced=jnp.where(act_b[:, None], one(r["forced"], allowed_bv.sum(-1) == 1), r["forced"]),
                  mm_types=jnp.where(act_b[:, None], one(r["mm_types"], jnp.zeros_like(tok_b)), r["mm_types"]),
                  positions=jnp.where(act_b[None, :, None],
                                      jax.vmap(_write_rows, in_axes=(0, 0, None))(r["positions"], pos_3b[:, :, None],
@@ -175,6 +177,7 @@ def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, gre
     rec = state["rec"]
     return Trajectory(
         tokens=rec["tokens"], positions=rec["positions"], valid=rec["valid"], loss_mask=rec["loss_mask"],
+        forced=rec["forced"],
         logp=rec["logp"], mm_types=rec["mm_types"], length=state["write"],
         video_pixels=prompts["pixel_values_videos"], video_grid=prompts["video_grid_thw"].astype(jnp.int32),
         obs_pixels=sw(steps["obs_pixels"]), obs_grid=sw(steps["obs_grid"]), obs_valid=sw(steps["obs_valid"]),

@@ -35,6 +35,7 @@ class Trajectory:
   valid: jax.Array         # [B, S] bool: slot holds a conversation token
   loss_mask: jax.Array     # [B, S] float32: 1 on tokens the model sampled
   logp: jax.Array          # [B, S] float32: recorded log-prob of sampled tokens (0 elsewhere)
+  forced: jax.Array        # [B, S] bool: the grammar allowed exactly one token (no decision: no policy gradient)
   mm_types: jax.Array      # [B, S] int32: 0 text, 1 image, 2 video
   length: jax.Array        # [B] int32: slots used
   video_pixels: jax.Array  # [B, Nv, P] float32: global view patches

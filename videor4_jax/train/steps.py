@@ -1,0 +1,88 @@
+"""Train state and the two train steps, each one pure function `(state, batch) -> (state, metrics)`.
+
+Both steps run the same teacher-forced forward (train/forward.py) over a slot-laid-out conversation and take
+log-probs of the next slot's token with the chunked head (rl/logprobs.py), so `[B, S, V]` logits never exist.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from videor4_jax.model import vlm
+from videor4_jax.rl import grpo
+from videor4_jax.rl.logprobs import token_logprobs
+from videor4_jax.train.forward import sequence_hidden
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+  @classmethod
+  def create(cls, params, tx):
+    return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), tx=tx)
+
+  def apply_gradients(self, grads):
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates), opt_state=opt_state)
+
+
+def sequence_logprobs(config, params, batch, *, temperature: float = 1.0, seq_chunk: int = 256,
+                      vocab_chunk: int = 8192):
+  """logp `[B, S]`: at slot s, log p(tokens[s] | slots < s); 0 at slot 0."""
+  hidden = sequence_hidden(config, params, batch)
+  head = vlm.head_weight(config, params)
+  lp = token_logprobs(hidden[:, :-1], head, batch["tokens"][:, 1:], seq_chunk=seq_chunk, vocab_chunk=vocab_chunk,
+                      temperature=temperature)
+  return jnp.pad(lp, ((0, 0), (1, 0)))
+
+
+def _skip_if_nonfinite(state, new_state, loss):
+  """A NaN/Inf loss leaves the state unchanged (the step is skipped and reported in metrics)."""
+  ok = jnp.isfinite(loss)
+  return jax.tree.map(lambda a, b: jnp.where(ok, b, a), state, new_state), ok
+
+
+def sft_step(config, state: TrainState, batch):
+  """Cross-entropy on the model's own tokens: L = -sum_s m_s log p(x_s | x_<s) / sum_s m_s (m = loss_mask)."""
+  def loss_fn(params):
+    logp = sequence_logprobs(config, params, batch)
+    mask = batch["loss_mask"].astype(jnp.float32)
+    n = jnp.maximum(mask.sum(), 1.0)
+    loss = -(logp * mask).sum() / n
+    return loss, dict(loss=loss, tokens=mask.sum())
+
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads)
+  state, ok = _skip_if_nonfinite(state, new_state, loss)
+  metrics = dict(metrics, grad_norm=optax.tree.norm(grads), skipped=(~ok).astype(jnp.int32))
+  return state, metrics
+
+
+def grpo_step(config, gcfg: grpo.GRPOConfig, state: TrainState, batch, ref_params=None):
+  """One GRPO update on a rollout batch (see rl/grpo.py for the objective).
+
+  batch: the trajectory fields of `sequence_hidden` plus `loss_mask`, `logp` (behaviour log-probs recorded by
+  the rollout) and `advantages [B]`.
+  """
+  mask = batch["loss_mask"].astype(jnp.float32)
+  ref_logp = None
+  if gcfg.beta > 0:
+    ref_logp = jax.lax.stop_gradient(sequence_logprobs(config, ref_params, batch, temperature=gcfg.temperature))
+
+  def loss_fn(params):
+    logp = sequence_logprobs(config, params, batch, temperature=gcfg.temperature)
+    return grpo.grpo_loss(logp, batch["logp"], batch["advantages"], mask, ref_logp_bt=ref_logp, beta=gcfg.beta,
+                          eps_low=gcfg.eps_low, eps_high=gcfg.eps_high, aggregation=gcfg.aggregation)
+
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads)
+  state, ok = _skip_if_nonfinite(state, new_state, loss)
+  return state, dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), skipped=(~ok).astype(jnp.int32))
