@@ -1,6 +1,7 @@
 """Default config: a tiny Qwen2.5-VL-shaped model on the built-in synthetic text-rich video task (CPU, minutes).
 
-Override any field from the command line: `python train.py --config configs/tiny.py --config.rollout.max_steps=3`.
+Override any field from the command line, e.g.
+    python train.py --config configs/tiny.py --config.stages.rl_d.steps=40 --config.data.seed=3
 """
 import ml_collections
 
@@ -8,8 +9,11 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.workdir = "runs/tiny"
+  c.tokenizer = "tiny"                 # "tiny" (built in code) or a directory with tokenizer.json
+  c.init_from = ""                     # optional HF checkpoint directory
   c.model = dict(
-      text=dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+      text=dict(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                 rms_norm_eps=1e-6, rope_theta=10000.0, mrope_section=(4, 6, 6)),
       vision=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, in_channels=3, patch_size=14,
@@ -17,7 +21,32 @@ def get_config() -> ml_collections.ConfigDict:
                   fullatt_block_indexes=(1,), tokens_per_second=2),
       tie_word_embeddings=True,
   )
+  # Synthetic task (videor4_jax.data.synthetic.SyntheticConfig defaults: 8 frames of 224x224, 2x2 sign grid,
+  # global view 56x56, observations 112x112). The data seed is a config field.
+  c.data = dict(name="synthetic_textvideo", data_dir="runs/data", seed=0, num_train=400, num_validation=20,
+                num_test=48)
+  c.pipeline = dict(batch_size=8, num_frames=8, source_hw=(224, 224), global_hw=(56, 56), max_prompt_tokens=160,
+                    max_seq_tokens=640, obs_hw=(112, 112), max_observations=2, max_clip_frames=4,
+                    padding_side="left", worker_count=0)
   # Static shapes of the rumination loop (videor4_jax.rumination.config.RolloutConfig).
-  c.rollout = dict(max_steps=3, max_step_tokens=40, cache_len=512, obs_hw=(112, 112), max_clip_frames=4,
+  c.rollout = dict(max_steps=3, max_step_tokens=128, cache_len=768, obs_hw=(112, 112), max_clip_frames=4,
                    crop_margin=0.0, crop_min_px=8, clip_seconds_per_group=1.0, temperature=1.0, top_p=1.0)
+  c.grpo = dict(num_generations=4, beta=0.0, eps_low=0.2, eps_high=0.28, aggregation="token_mean",
+                num_inner_steps=1, temperature=1.0)
+  # The paper's curriculum. Reward weights per RL stage (PAPER section 5: lambdas not published; our choice).
+  c.curriculum = "drp_sft,rl_d,crp_sft,rl_c"
+  c.stages = dict(
+      drp_sft=dict(kind="sft", trajectories="deliberate", steps=120, lr=2e-3, warmup_steps=10, batch_size=8),
+      rl_d=dict(kind="grpo", steps=10, lr=2e-4, batch_size=4,
+                rewards=dict(accuracy="anls", w_format=0.2, w_div=0.0, w_rep=0.0, w_cur=1.0)),
+      crp_sft=dict(kind="sft", trajectories="compositional", steps=80, lr=1e-3, warmup_steps=5, batch_size=8),
+      rl_c=dict(kind="grpo", steps=10, lr=2e-4, batch_size=4,
+                rewards=dict(accuracy="anls", w_format=0.2, w_div=0.1, w_rep=0.1, w_cur=1.0)),
+  )
+  c.eval = dict(split="test", num_examples=48, batch_size=16)
+  c.clip_norm = 1.0
+  c.weight_decay = 0.0
+  c.log_every = 10
+  c.checkpoint_every = 50
+  c.keep_checkpoints = 2
   return c

@@ -79,6 +79,9 @@ def _tokenizer(spec: str):
   return Tokenizer.tiny() if spec == "tiny" else Tokenizer.from_dir(spec)
 
 
+QUESTION_BYTES = 256   # the question text travels with RL/eval batches (traces and reports)
+
+
 class _VideoPrompt:
   """Shared by the RL and SFT featurizers: decode + sample + views + global-view patches, and the prompt."""
 
@@ -124,7 +127,9 @@ class RlFeaturizer(_VideoPrompt, grain.transforms.Map):
                                  where=where)
     types_p, _ = pad_tokens(types, self.cfg.max_prompt_tokens, 0, self.cfg.padding_side, where=where)
     out = AnswersFeaturizer(self.cfg).map(row)
-    out.update(input_ids=input_ids, attention_mask=mask, mm_token_type_ids=types_p,
+    q_text = _text(row["question"]).encode("utf-8")[:QUESTION_BYTES].decode("utf-8", errors="ignore")
+    question, _ = encode_strings([q_text], 1, QUESTION_BYTES, where=where)
+    out.update(question=question[0], input_ids=input_ids, attention_mask=mask, mm_token_type_ids=types_p,
                pixel_values_videos=pv.astype(np.float32), video_grid_thw=grid, source_frames=src)
     return out
 

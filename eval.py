@@ -1,0 +1,71 @@
+"""Evaluate a checkpoint on a dataset split, with or without rumination; write a results JSON and a trace page.
+
+    python eval.py --checkpoint runs/tiny/final_hf --dataset synthetic_textvideo --split test \
+        --mode rumination --output runs/tiny/eval_test.json [--config configs/tiny.py] [--trace_dir DIR]
+
+--checkpoint: an HF-format directory (config.json + model.safetensors [+ tokenizer.json]), as train.py writes to
+<workdir>/final_hf. --dataset: "synthetic_textvideo" (built from the config's data settings if absent) or a TFDS
+directory / registered name under --config.data.data_dir. The results JSON schema is in videor4_jax/eval/loop.py.
+"""
+import json
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config giving pipeline and rollout shapes.")
+flags.DEFINE_string("checkpoint", None, "HF-format checkpoint directory.", required=True)
+flags.DEFINE_string("dataset", "synthetic_textvideo", "Dataset name or directory.")
+flags.DEFINE_string("split", "test", "Split.")
+flags.DEFINE_enum("mode", "rumination", ["rumination", "single_pass"], "Evaluation mode.")
+flags.DEFINE_string("output", None, "Results JSON path.", required=True)
+flags.DEFINE_integer("num_examples", None, "Evaluate only the first N questions.")
+flags.DEFINE_string("trace_dir", None, "Write an HTML trace report of the first --num_traces questions here.")
+flags.DEFINE_integer("num_traces", 8, "Questions in the trace report.")
+
+
+def main(argv):
+  del argv
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)   # Orbax / tfds INFO lines would drown the progress output
+  import dataclasses
+
+  import numpy as np
+
+  from videor4_jax.convert.hf import from_pretrained
+  from videor4_jax.data import pipeline
+  from videor4_jax.data.sources import make_source_fn
+  from videor4_jax.eval.loop import evaluate, final_segment
+  from videor4_jax.processing.tokenizer import Tokenizer
+  from videor4_jax.rumination.config import RolloutConfig
+  from videor4_jax.rumination.env import make_env
+
+  cfg = flags.FLAGS.config
+  ckpt = flags.FLAGS.checkpoint
+  tok = Tokenizer.from_dir(ckpt) if os.path.exists(os.path.join(ckpt, "tokenizer.json")) else Tokenizer.tiny()
+  config, params = from_pretrained(ckpt)
+  if flags.FLAGS.dataset != "synthetic_textvideo":
+    cfg.data.name = flags.FLAGS.dataset
+  source = make_source_fn(cfg.data)(flags.FLAGS.split)
+  pcfg = pipeline.PipelineConfig(**{**cfg.pipeline.to_dict(), "batch_size": cfg.eval.batch_size})
+  env = make_env(config, RolloutConfig(**cfg.rollout.to_dict()), tok, pcfg.num_frames)
+  results, kept = evaluate(env, params, tok, source, pcfg, mode=flags.FLAGS.mode,
+                           num_examples=flags.FLAGS.num_examples, keep_batches=True)
+  os.makedirs(os.path.dirname(os.path.abspath(flags.FLAGS.output)), exist_ok=True)
+  tmp = flags.FLAGS.output + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(results, f, indent=2)
+  os.replace(tmp, flags.FLAGS.output)
+  s = results["summary"]
+  print(f"{'mode':<12} {'questions':>9} {'accuracy':>9} {'ANLS':>7} {'rumination':>11} {'actions/q':>10} {'invalid':>8}")
+  print(f"{s['mode']:<12} {s['num_questions']:>9} {s['accuracy']:>9.3f} {s['anls']:>7.3f} {s['rumination_rate']:>11.2f} "
+        f"{s['actions_per_question']:>10.2f} {s['invalid_action_rate']:>8.2f}")
+  if flags.FLAGS.trace_dir:
+    from videor4_jax.eval.trace_records import trace_records
+    from videor4_jax.eval.trace import write_trace_report
+    recs = trace_records(kept, results["questions"], tok, env, flags.FLAGS.num_traces)
+    print("trace:", write_trace_report(flags.FLAGS.trace_dir, recs))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,21 @@
+"""Opening the configured dataset: one function shared by train.py, eval.py and the notebook."""
+from __future__ import annotations
+
+from videor4_jax.data import pipeline
+
+
+def make_source_fn(data_cfg):
+  """`data_cfg` is the config's `data` block; returns `split -> random-access source`.
+
+  The synthetic task is built (deterministically from `data_cfg.seed`) under `data_cfg.data_dir` if absent; any
+  other name is a TFDS directory or a builder registered under `data_dir`.
+  """
+  if data_cfg.name != "synthetic_textvideo":
+    return lambda split: pipeline.open_source(data_cfg.name, split, data_dir=data_cfg.data_dir)
+  from videor4_jax.data.builders.synthetic_textvideo.builder import SyntheticTextvideo, SyntheticTextvideoConfig
+  d = data_cfg
+  bcfg = SyntheticTextvideoConfig(name=f"seed{d.seed}_n{d.num_train}", seed=d.seed, num_train=d.num_train,
+                                  num_validation=d.num_validation, num_test=d.num_test)
+  builder = SyntheticTextvideo(config=bcfg, data_dir=d.data_dir, file_format="array_record")
+  builder.download_and_prepare()
+  return lambda split: pipeline.open_source(builder.data_dir, split)

@@ -1,0 +1,252 @@
+"""The four-stage curriculum runner (DRP-SFT -> RL_d -> CRP-SFT -> RL_c), resumable at any stage and step.
+
+Each stage is `sft` (teacher forcing on gold trajectories of one kind: deliberate or compositional) or `grpo`
+(rollouts with G generations, Video-R4 rewards, group advantages, mu updates per rollout batch). Parameters carry
+over between stages; each stage has its own optimizer, schedule and reward weights. Checkpoints hold params,
+optimizer state, stage, step and RNG; after every stage the held-out split is evaluated with and without
+rumination, and `report.json` collects the results.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from videor4_jax.data import pipeline
+from videor4_jax.data.features import RlFeaturizer, SftFeaturizer, decode_strings
+from videor4_jax.eval.loop import evaluate, final_segment
+from videor4_jax.model import vlm
+from videor4_jax.model.config import model_config_from_dict
+from videor4_jax.rl import grpo, rewards
+from videor4_jax.rumination.config import RolloutConfig
+from videor4_jax.rumination.env import make_env
+from videor4_jax.rumination.rollout import make_rollout_fn
+from videor4_jax.train import checkpoint as ckpt_lib
+from videor4_jax.train.metrics_writer import MetricsWriter
+from videor4_jax.train.optim import OptimConfig, make_optimizer
+from videor4_jax.train.steps import TrainState, grpo_step, sft_step
+
+STAGE_KINDS = ("sft", "grpo")
+
+
+class Subset:
+  def __init__(self, source, indices):
+    self.source, self.indices = source, list(indices)
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return self.source[self.indices[i]]
+
+
+def build_model_config(cfg, tok):
+  m = cfg.model.to_dict()
+  m["text"] = dict(m["text"], vocab_size=max(m["text"]["vocab_size"], tok.vocab_size))
+  return model_config_from_dict(m, image_token_id=tok.image_pad_id, video_token_id=tok.video_pad_id,
+                                vision_start_token_id=tok.vision_start_id, vision_end_token_id=tok.vision_end_id,
+                                bos_token_id=tok.pad_id, eos_token_id=tok.im_end_id, pad_token_id=tok.pad_id)
+
+
+def validate_curriculum(cfg):
+  names = [s for s in cfg.curriculum.split(",") if s]
+  if not names:
+    raise ValueError("config.curriculum is empty; e.g. 'drp_sft,rl_d,crp_sft,rl_c'")
+  for n in names:
+    if n not in cfg.stages:
+      raise ValueError(f"unknown stage {n!r} in config.curriculum; defined stages: {sorted(cfg.stages.keys())}")
+    if cfg.stages[n].kind not in STAGE_KINDS:
+      raise ValueError(f"stage {n!r}: kind={cfg.stages[n].kind!r}; expected one of {STAGE_KINDS}")
+  return names
+
+
+def _sft_batch(b):
+  keys = ("tokens", "positions", "valid", "mm_types", "loss_mask", "video_pixels", "video_grid", "obs_pixels",
+          "obs_grid")
+  out = {k: jnp.asarray(b[k]) for k in keys}
+  out["positions"] = jnp.swapaxes(out["positions"], 0, 1)     # [B, 3, S] -> [3, B, S]
+  return out
+
+
+class Runner:
+  def __init__(self, cfg, workdir: str, source_fn, tok):
+    self.cfg, self.workdir, self.tok = cfg, workdir, tok
+    self.stages = validate_curriculum(cfg)
+    self.config = build_model_config(cfg, tok)
+    self.rollout_cfg = RolloutConfig(**cfg.rollout.to_dict())
+    self.pcfg = pipeline.PipelineConfig(**cfg.pipeline.to_dict())
+    self.env = make_env(self.config, self.rollout_cfg, tok, self.pcfg.num_frames)
+    self.source_fn = source_fn
+    self.writer = MetricsWriter(os.path.join(workdir, "logs"))
+    self.ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
+    self.report_path = os.path.join(workdir, "report.json")
+
+  # ---- state ---------------------------------------------------------------------------------------------------
+  def _optimizer(self, stage):
+    s = self.cfg.stages[stage]
+    # A stage shortened from the command line keeps a valid schedule: warmup never exceeds the stage.
+    warmup = min(s.get("warmup_steps", 0), s.steps)
+    return make_optimizer(OptimConfig(lr=s.lr, warmup_steps=warmup, total_steps=max(s.steps, 1),
+                                      clip_norm=self.cfg.clip_norm, weight_decay=self.cfg.weight_decay))
+
+  def _init_params(self):
+    if self.cfg.get("init_from"):
+      from videor4_jax.convert.hf import from_pretrained
+      _, params = from_pretrained(self.cfg.init_from)
+      return params
+    return vlm.init_params(self.config, jax.random.key(self.cfg.seed))
+
+  # ---- stages ----------------------------------------------------------------------------------------------------
+  def _sft_stream(self, stage):
+    want = self.cfg.stages[stage].trajectories
+    src = self.source_fn("train")
+    kinds = [str(src[i]["kind"], "utf-8") if isinstance(src[i]["kind"], bytes) else src[i]["kind"]
+             for i in range(len(src))]
+    idx = [i for i, k in enumerate(kinds) if k == want or want == "all"]
+    if not idx:
+      raise ValueError(f"stage {stage!r}: no '{want}' trajectories in the training split")
+    cfg = dataclasses.replace(self.pcfg, batch_size=self.cfg.stages[stage].batch_size, seed=self.cfg.seed)
+    return iter(pipeline.make_dataset(Subset(src, idx), cfg, SftFeaturizer(cfg)))
+
+  def _rl_stream(self, stage):
+    cfg = dataclasses.replace(self.pcfg, batch_size=self.cfg.stages[stage].batch_size, seed=self.cfg.seed + 1)
+    return iter(pipeline.make_dataset(self.source_fn("train"), cfg, RlFeaturizer(cfg)))
+
+  def run_sft(self, stage, state, start_step):
+    s = self.cfg.stages[stage]
+    step_fn = jax.jit(functools.partial(sft_step, self.config))
+    it = self._sft_stream(stage)
+    for _ in range(start_step):      # deterministic stream: skip what the checkpoint already consumed
+      next(it)
+    for step in range(start_step, s.steps):
+      t0 = time.time()
+      state, m = step_fn(state, _sft_batch(next(it)))
+      m = jax.device_get(m)
+      m["tokens_per_s"] = float(m["tokens"]) / max(time.time() - t0, 1e-6)
+      if step % self.cfg.log_every == 0 or step == s.steps - 1:
+        self.writer.write(self.global_step, m, prefix=f"{stage}/")
+      self.global_step += 1
+      self._maybe_save(stage, step + 1, state)
+    return state
+
+  def run_grpo(self, stage, state, start_step):
+    s = self.cfg.stages[stage]
+    g = self.cfg.grpo
+    gcfg = grpo.GRPOConfig(num_generations=g.num_generations, beta=g.beta, eps_low=g.eps_low, eps_high=g.eps_high,
+                           aggregation=g.aggregation, num_inner_steps=g.num_inner_steps, temperature=g.temperature)
+    rcfg = rewards.RewardConfig(**s.rewards.to_dict())
+    roll = make_rollout_fn(self.env, num_generations=gcfg.num_generations, temperature=gcfg.temperature)
+    step_fn = jax.jit(functools.partial(grpo_step, self.config, gcfg))
+    it = self._rl_stream(stage)
+    ref_params = state.params if gcfg.beta > 0 else None    # the stage's starting policy is the KL reference
+    for _ in range(start_step):
+      next(it)
+    for step in range(start_step, s.steps):
+      t0 = time.time()
+      batch = next(it)
+      inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values_videos", "video_grid_thw",
+                                      "source_frames")}
+      key = jax.random.fold_in(jax.random.key(self.cfg.seed), self.global_step)
+      traj = roll(state.params, inputs, key)
+      host = jax.device_get(traj)
+      rows = host.tokens.shape[0]
+      finals = [final_segment(self.tok.decode(host.tokens[i][host.loss_mask[i] > 0])) for i in range(rows)]
+      golds = [decode_strings(batch["answers"][i // gcfg.num_generations],
+                              int(batch["num_answers"][i // gcfg.num_generations])) for i in range(rows)]
+      errors = np.where(host.actions.called, host.actions.error, 0)
+      acc, fmt, _ = rewards.score_texts(rcfg, finals, golds, errors)
+      n_actions = jnp.asarray(host.actions.called.sum(1))
+      terms = rewards.total_reward(rcfg, acc_b=acc, fmt_b=fmt, region_feats=traj.region_feats,
+                                   region_mask=traj.region_mask, video_feats=traj.video_feats,
+                                   last_clip=traj.last_clip_groups, num_actions_b=n_actions,
+                                   group_size=gcfg.num_generations)
+      adv = grpo.group_advantages(terms["total"], gcfg.num_generations, std_normalize=gcfg.std_normalize,
+                                  eps=gcfg.adv_eps)
+      b = dict(tokens=traj.tokens, positions=traj.positions, valid=traj.valid, mm_types=traj.mm_types,
+               loss_mask=traj.loss_mask * ~traj.forced, video_pixels=traj.video_pixels, video_grid=traj.video_grid,
+               obs_pixels=traj.obs_pixels, obs_grid=traj.obs_grid, logp=traj.logp, advantages=adv)
+      for _ in range(gcfg.num_inner_steps):
+        state, m = step_fn(state, b, ref_params)
+      m = {k: float(v) for k, v in jax.device_get(m).items()}
+      m.update({f"reward/{k}": float(jnp.mean(v)) for k, v in terms.items()})
+      called = host.actions.called
+      m.update(rumination_rate=float((called.sum(1) > 0).mean()), actions_per_rollout=float(called.sum(1).mean()),
+               invalid_action_rate=float((errors != 0).sum() / max(called.sum(), 1)),
+               tokens_per_s=float(host.num_generated.sum()) / max(time.time() - t0, 1e-6))
+      if step % self.cfg.log_every == 0 or step == s.steps - 1:
+        self.writer.write(self.global_step, m, prefix=f"{stage}/")
+      self.global_step += 1
+      self._maybe_save(stage, step + 1, state)
+    return state
+
+  # ---- checkpoints and evaluation --------------------------------------------------------------------------------
+  def _maybe_save(self, stage, step_in_stage, state, force=False):
+    if force or step_in_stage % self.cfg.checkpoint_every == 0:
+      self.ckpt.save(self.global_step, {"params": state.params, "opt_state": state.opt_state, "step": state.step},
+                     {"stage": stage, "step_in_stage": step_in_stage, "global_step": self.global_step},
+                     force=force)
+
+  def _evaluate(self, params, stage, report):
+    out = {}
+    for mode in ("rumination", "single_pass"):
+      res = evaluate(self.env, params, self.tok, self.source_fn(self.cfg.eval.split), dataclasses.replace(
+          self.pcfg, batch_size=self.cfg.eval.batch_size), mode=mode, num_examples=self.cfg.eval.num_examples)
+      out[mode] = res["summary"]
+      self.writer.write(self.global_step, res["summary"], prefix=f"eval_{mode}/{stage}/")
+    report["stages"][stage] = out
+    self._write_report(report)
+
+  def _write_report(self, report):
+    tmp = self.report_path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(report, f, indent=2)
+    os.replace(tmp, self.report_path)
+
+  def run(self):
+    report = {"config": self.cfg.to_dict(), "stages": {}}
+    if os.path.exists(self.report_path):
+      with open(self.report_path) as f:
+        report["stages"] = json.load(f).get("stages", {})
+    params = self._init_params()
+    self.global_step = 0
+    stage_i, start_step = 0, 0
+    opt0 = self._optimizer(self.stages[0])
+    abstract = ckpt_lib.abstract_like({"params": params, "opt_state": opt0.init(params), "step": jnp.int32(0)})
+    restored = self.ckpt.restore_latest(abstract)
+    state = TrainState.create(params, opt0)
+    if restored is not None:
+      _, saved, meta, _ = restored
+      stage_i, start_step, self.global_step = self.stages.index(meta["stage"]), meta["step_in_stage"], \
+          meta["global_step"]
+      print(f"resuming at stage {meta['stage']!r} step {start_step} (global step {self.global_step})", flush=True)
+      tx = self._optimizer(meta["stage"])
+      state = TrainState(step=saved["step"], params=saved["params"], opt_state=saved["opt_state"], tx=tx)
+    for i in range(stage_i, len(self.stages)):
+      stage = self.stages[i]
+      if i != stage_i or restored is None:
+        state = TrainState.create(state.params, self._optimizer(stage))
+        start_step = 0 if i != stage_i else start_step
+      kind = self.cfg.stages[stage].kind
+      print(f"=== stage {i + 1}/{len(self.stages)}: {stage} ({kind}, {self.cfg.stages[stage].steps} steps)", flush=True)
+      if start_step < self.cfg.stages[stage].steps:
+        state = (self.run_sft if kind == "sft" else self.run_grpo)(stage, state, start_step)
+        self._maybe_save(stage, self.cfg.stages[stage].steps, state, force=True)
+      if stage not in report["stages"]:
+        self._evaluate(state.params, stage, report)
+      start_step = 0
+    self.ckpt.wait()
+    final = os.path.join(self.workdir, "final_hf")
+    from videor4_jax.convert.hf import save_pretrained
+    save_pretrained(final, self.config, state.params)
+    self.tok.save(final)
+    report["final_checkpoint"] = final
+    self._write_report(report)
+    self.writer.close()
+    self.ckpt.close()
+    return report
