@@ -43,6 +43,12 @@ class Checkpointer:
     out = self.manager.restore(step, args=ocp.args.Composite(**args))
     return out["state"], out["meta"], out.get("data_iter") if data_iter is not None else None
 
+  def restore_data_iter(self, step: int, data_iter):
+    """Restores only the grain iterator saved at `step` into `data_iter` (in place)."""
+    import grain
+    self.manager.restore(step, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
+    return data_iter
+
   def restore_latest(self, abstract_state, data_iter=None):
     """Newest readable checkpoint: `(step, state, meta, iter)`, or None when there is none."""
     self.manager.reload()

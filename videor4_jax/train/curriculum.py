@@ -121,9 +121,7 @@ class Runner:
   def run_sft(self, stage, state, start_step):
     s = self.cfg.stages[stage]
     step_fn = jax.jit(functools.partial(sft_step, self.config))
-    it = self._sft_stream(stage)
-    for _ in range(start_step):      # deterministic stream: skip what the checkpoint already consumed
-      next(it)
+    it = self._resume_iter(self._sft_stream(stage), start_step)
     for step in range(start_step, s.steps):
       t0 = time.time()
       state, m = step_fn(state, _sft_batch(next(it)))
@@ -132,7 +130,7 @@ class Runner:
       if step % self.cfg.log_every == 0 or step == s.steps - 1:
         self.writer.write(self.global_step, m, prefix=f"{stage}/")
       self.global_step += 1
-      self._maybe_save(stage, step + 1, state)
+      self._maybe_save(stage, step + 1, state, it)
     return state
 
   def run_grpo(self, stage, state, start_step):
@@ -143,10 +141,8 @@ class Runner:
     rcfg = rewards.RewardConfig(**s.rewards.to_dict())
     roll = make_rollout_fn(self.env, num_generations=gcfg.num_generations, temperature=gcfg.temperature)
     step_fn = jax.jit(functools.partial(grpo_step, self.config, gcfg))
-    it = self._rl_stream(stage)
+    it = self._resume_iter(self._rl_stream(stage), start_step)
     ref_params = state.params if gcfg.beta > 0 else None    # the stage's starting policy is the KL reference
-    for _ in range(start_step):
-      next(it)
     for step in range(start_step, s.steps):
       t0 = time.time()
       batch = next(it)
@@ -182,15 +178,21 @@ class Runner:
       if step % self.cfg.log_every == 0 or step == s.steps - 1:
         self.writer.write(self.global_step, m, prefix=f"{stage}/")
       self.global_step += 1
-      self._maybe_save(stage, step + 1, state)
+      self._maybe_save(stage, step + 1, state, it)
     return state
 
   # ---- checkpoints and evaluation --------------------------------------------------------------------------------
-  def _maybe_save(self, stage, step_in_stage, state, force=False):
+  def _resume_iter(self, it, start_step):
+    """The stage's data iterator, restored to where the checkpoint left it (grain state saved with it)."""
+    if start_step > 0 and self._resume_ckpt_step is not None:
+      self.ckpt.restore_data_iter(self._resume_ckpt_step, it)
+    return it
+
+  def _maybe_save(self, stage, step_in_stage, state, data_iter=None, force=False):
     if force or step_in_stage % self.cfg.checkpoint_every == 0:
       self.ckpt.save(self.global_step, {"params": state.params, "opt_state": state.opt_state, "step": state.step},
                      {"stage": stage, "step_in_stage": step_in_stage, "global_step": self.global_step},
-                     force=force)
+                     data_iter=data_iter, force=force)
 
   def _evaluate(self, params, stage, report):
     out = {}
@@ -220,8 +222,9 @@ class Runner:
     abstract = ckpt_lib.abstract_like({"params": params, "opt_state": opt0.init(params), "step": jnp.int32(0)})
     restored = self.ckpt.restore_latest(abstract)
     state = TrainState.create(params, opt0)
+    self._resume_ckpt_step = None
     if restored is not None:
-      _, saved, meta, _ = restored
+      self._resume_ckpt_step, saved, meta, _ = restored
       stage_i, start_step, self.global_step = self.stages.index(meta["stage"]), meta["step_in_stage"], \
           meta["global_step"]
       print(f"resuming at stage {meta['stage']!r} step {start_step} (global step {self.global_step})", flush=True)
