@@ -22,6 +22,7 @@ flags.DEFINE_string("output", None, "Results JSON path.", required=True)
 flags.DEFINE_integer("num_examples", None, "Evaluate only the first N questions.")
 flags.DEFINE_string("trace_dir", None, "Write an HTML trace report of the first --num_traces questions here.")
 flags.DEFINE_integer("num_traces", 8, "Questions in the trace report.")
+flags.DEFINE_bool("screenshot", False, "Also render the trace page to trace_dir/screenshot.png (headless Chromium).")
 
 
 def main(argv):
@@ -64,7 +65,11 @@ def main(argv):
     from videor4_jax.eval.trace_records import trace_records
     from videor4_jax.eval.trace import write_trace_report
     recs = trace_records(kept, results["questions"], tok, env, flags.FLAGS.num_traces)
-    print("trace:", write_trace_report(flags.FLAGS.trace_dir, recs))
+    page = write_trace_report(flags.FLAGS.trace_dir, recs)
+    print("trace:", page)
+    if flags.FLAGS.screenshot:
+      from videor4_jax.eval.trace import screenshot
+      print("screenshot:", screenshot(page, os.path.join(flags.FLAGS.trace_dir, "screenshot.png")))
 
 
 if __name__ == "__main__":

@@ -24,12 +24,14 @@ def get_config() -> ml_collections.ConfigDict:
   # Synthetic task (videor4_jax.data.synthetic.SyntheticConfig defaults: 8 frames of 224x224, 2x2 sign grid,
   # global view 56x56, observations 112x112). The data seed is a config field.
   c.data = dict(name="synthetic_textvideo", data_dir="runs/data", seed=0, num_train=400, num_validation=20,
-                num_test=48)
-  c.pipeline = dict(batch_size=8, num_frames=8, source_hw=(224, 224), global_hw=(56, 56), max_prompt_tokens=160,
-                    max_seq_tokens=640, obs_hw=(112, 112), max_observations=2, max_clip_frames=4,
+                num_test=48,
+                # Knobs of videor4_jax.data.synthetic.SyntheticConfig (text size, grid, alphabet, ...).
+                task=dict(crop_text_px=3.0, clip_text_px=1.5))
+  c.pipeline = dict(batch_size=8, num_frames=8, source_hw=(224, 224), global_hw=(56, 56), max_prompt_tokens=128,
+                    max_seq_tokens=416, obs_hw=(112, 112), max_observations=2, max_clip_frames=4,
                     padding_side="left", worker_count=0)
   # Static shapes of the rumination loop (videor4_jax.rumination.config.RolloutConfig).
-  c.rollout = dict(max_steps=3, max_step_tokens=128, cache_len=768, obs_hw=(112, 112), max_clip_frames=4,
+  c.rollout = dict(max_steps=2, max_step_tokens=72, cache_len=512, obs_hw=(112, 112), max_clip_frames=4,
                    crop_margin=0.0, crop_min_px=8, clip_seconds_per_group=1.0, temperature=1.0, top_p=1.0)
   c.grpo = dict(num_generations=4, beta=0.0, eps_low=0.2, eps_high=0.28, aggregation="token_mean",
                 num_inner_steps=1, temperature=1.0)

@@ -10,6 +10,8 @@ Strings travel as padded bytes so a batch is a plain dict of arrays; `decode_str
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import grain
 
@@ -71,6 +73,13 @@ class AnswersFeaturizer(grain.transforms.Map):
                                 self.cfg.max_answer_bytes, where=where + " field 'answers'")
     qid_arr, _ = encode_strings([qid], 1, self.cfg.max_answer_bytes, where=where + " field 'qid'")
     return {"qid": qid_arr[0], "answers": answers, "num_answers": np.int32(n)}
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_positions():
+  import jax
+  from videor4_jax.model.rope_index import mrope_positions
+  return jax.jit(mrope_positions, static_argnums=0)
 
 
 def _tokenizer(spec: str):
@@ -147,7 +156,6 @@ class SftFeaturizer(_VideoPrompt, grain.transforms.Map):
   def map(self, row: dict) -> dict[str, np.ndarray]:
     import json
     from videor4_jax.data import schema
-    from videor4_jax.model.rope_index import mrope_positions
     from videor4_jax.processing import chat
     from videor4_jax.rumination.observation import execute_host
     from videor4_jax.rumination.pixel_ops import to_patches_host
@@ -187,7 +195,7 @@ class SftFeaturizer(_VideoPrompt, grain.transforms.Map):
     # Positions by the model's closed form over the whole conversation (as the rollout gives them step by step).
     # Qwen2.5-VL's merge size and tokens_per_second (the only config fields read); clips use 1 s per group as
     # the rollout's default clip_seconds_per_group.
-    pos, _ = mrope_positions(ModelConfig(), types_p[None], valid[None].astype(bool),
+    pos, _ = _jitted_positions()(ModelConfig(), types_p[None], valid[None].astype(bool),
                              image_grid_thw=np.array(images) if images else None, video_grid_thw=np.array(videos),
                              second_per_grid_ts=np.ones((len(videos),), np.float32))
     return dict(tokens=tokens, positions=np.asarray(pos)[:, 0], valid=valid.astype(bool), mm_types=types_p,

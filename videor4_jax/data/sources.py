@@ -13,9 +13,17 @@ def make_source_fn(data_cfg):
   if data_cfg.name != "synthetic_textvideo":
     return lambda split: pipeline.open_source(data_cfg.name, split, data_dir=data_cfg.data_dir)
   from videor4_jax.data.builders.synthetic_textvideo.builder import SyntheticTextvideo, SyntheticTextvideoConfig
+  import hashlib
+  import json
+  from videor4_jax.data.synthetic import SyntheticConfig
   d = data_cfg
-  bcfg = SyntheticTextvideoConfig(name=f"seed{d.seed}_n{d.num_train}", seed=d.seed, num_train=d.num_train,
-                                  num_validation=d.num_validation, num_test=d.num_test)
+  knobs = dict(d.get("task", None) or {})
+  task = SyntheticConfig(**knobs)          # validates the knobs with actionable errors
+  # The directory name carries everything the data depend on, so changed knobs never reuse stale data.
+  tag = hashlib.sha1(json.dumps(knobs, sort_keys=True, default=list).encode()).hexdigest()[:8] if knobs else "default"
+  bcfg = SyntheticTextvideoConfig(name=f"seed{d.seed}_n{d.num_train}_{d.num_validation}_{d.num_test}_{tag}",
+                                  seed=d.seed, num_train=d.num_train, num_validation=d.num_validation,
+                                  num_test=d.num_test, task=task)
   builder = SyntheticTextvideo(config=bcfg, data_dir=d.data_dir, file_format="array_record")
   builder.download_and_prepare()
   return lambda split: pipeline.open_source(builder.data_dir, split)

@@ -8,8 +8,8 @@ one coloured sign; a sign may carry a code (1-3 glyphs of `alphabet`, drawn by g
 Legibility is a matter of stroke width. A glyph drawn at integer scale s has s-pixel strokes; a view that shrinks
 the source by a factor r leaves s/r-pixel strokes, and below one pixel the strokes of a 5x7 glyph merge. So
 
-  crop text scale  s_crop = ceil(cell / obs)     -> 1-pixel strokes in a crop of its cell,
-  clip text scale  s_clip = ceil(source / obs)   -> 1-pixel strokes in a clipped whole frame,
+  crop text scale  s_crop = ceil(crop_text_px * cell / obs)    -> crop_text_px-pixel strokes in a crop of its cell,
+  clip text scale  s_clip = ceil(clip_text_px * source / obs)  -> clip_text_px-pixel strokes in a clipped frame,
 
 and `SyntheticConfig` refuses settings where either scale still leaves >= 1-pixel strokes in the global view
 (s * global / source >= 1), because then the question could be answered without ruminating.
@@ -69,6 +69,8 @@ class SyntheticConfig:
   flash_len:        (min, max) consecutive frames the target text of clip questions is visible.
   max_clip_frames:  K, most frames a gold clip selects (must cover flash_len[1]).
   question_types:   the types drawn, uniformly.
+  crop_text_px:     stroke width (pixels) of crop-question text in its gold crop; larger is easier to read.
+  clip_text_px:     stroke width (pixels) of clip-question text in a clipped frame.
   """
   num_frames: int = 8
   source_hw: tuple[int, int] = (224, 224)
@@ -85,6 +87,8 @@ class SyntheticConfig:
   flash_len: tuple[int, int] = (2, 3)
   max_clip_frames: int = 4
   question_types: tuple[str, ...] = QUESTION_TYPES
+  crop_text_px: float = 1.0
+  clip_text_px: float = 1.0
 
   def __post_init__(self):
     for f in ("source_hw", "global_hw", "obs_hw", "grid", "code_len", "flash_len", "question_types"):
@@ -113,6 +117,8 @@ class SyntheticConfig:
       raise bad(f"flash_len={self.flash_len} must satisfy 1 <= min <= max <= min(F-1, max_clip_frames)")
     if not self.question_types or set(self.question_types) - set(QUESTION_TYPES):
       raise bad(f"question_types={self.question_types} must be a non-empty subset of {QUESTION_TYPES}")
+    if self.crop_text_px <= 0 or self.clip_text_px <= 0:
+      raise bad(f"crop_text_px={self.crop_text_px} and clip_text_px={self.clip_text_px} must be > 0")
     if not 0.0 < self.sign_frac <= 1.0 or self.jitter_px < 0 or min(self.noise_std, self.frame_noise_std) < 0:
       raise bad(f"sign_frac={self.sign_frac} in (0,1], jitter_px={self.jitter_px} >= 0, noise_std >= 0 required")
     # Legibility: the text must need the observation (strokes < 1 px in the global view).
@@ -139,11 +145,11 @@ class SyntheticConfig:
 
   @property
   def crop_text_scale(self) -> int:
-    return max(1, math.ceil(max(c / o for c, o in zip(self.cell_hw, self.obs_hw))))
+    return max(1, math.ceil(self.crop_text_px * max(c / o for c, o in zip(self.cell_hw, self.obs_hw)) - 1e-9))
 
   @property
   def clip_text_scale(self) -> int:
-    return max(1, math.ceil(max(s / o for s, o in zip(self.source_hw, self.obs_hw))))
+    return max(1, math.ceil(self.clip_text_px * max(s / o for s, o in zip(self.source_hw, self.obs_hw)) - 1e-9))
 
   def cell_box(self, cell: int) -> tuple[float, float, float, float]:
     """Normalized (x1, y1, x2, y2) of grid cell `cell` (row-major)."""
@@ -249,26 +255,22 @@ def generate(cfg: SyntheticConfig, seed: int, index: int, *, split: str = "train
   if qtype == "crop":
     question = f"What is written on the {colour} sign?"
     frame = F // 2 + 1
-    steps = (Step(f"The {colour} sign is in the {pos} of the frame; its text is too small to read. "
-                  f"I will crop it.", Action("crop", frame=frame, bbox_2d=box)),
-             Step(f"The crop shows the {colour} sign clearly; it reads {code}.", answer=code))
+    steps = (Step(f"The {colour} sign is {pos}; too small. Crop.", Action("crop", frame=frame, bbox_2d=box)),
+             Step(f"It reads {code}.", answer=code))
     kind, ev_frames = "deliberate", list(range(1, F + 1))
   else:
     question = f"What code appears briefly on the {colour} sign?"
     clip_frames = tuple(sorted(f + 1 for f in flash))
     ev_frames = list(clip_frames)
     if qtype == "clip":
-      steps = (Step(f"Text shows on the {colour} sign only on some frames. I will look at those frames closely.",
-                    Action("clip", frames=clip_frames)),
-               Step(f"In the selected frames the {colour} sign reads {code}.", answer=code))
+      steps = (Step(f"The {colour} sign has text on a few frames. Clip.", Action("clip", frames=clip_frames)),
+               Step(f"It reads {code}.", answer=code))
       kind = "deliberate"
     else:
       frame = clip_frames[len(clip_frames) // 2]
-      steps = (Step(f"Text shows on the {colour} sign only on some frames. I will look at those frames first.",
-                    Action("clip", frames=clip_frames)),
-               Step(f"The {colour} sign in the {pos} has text on frame {frame}, but it is still small. "
-                    f"I will crop it.", Action("crop", frame=frame, bbox_2d=box)),
-               Step(f"The crop of frame {frame} reads {code}.", answer=code))
+      steps = (Step(f"The {colour} sign has text on a few frames. Clip.", Action("clip", frames=clip_frames)),
+               Step(f"Text on frame {frame}, {pos}; too small. Crop.", Action("crop", frame=frame, bbox_2d=box)),
+               Step(f"It reads {code}.", answer=code))
       kind = "compositional"
   traj = Trajectory(
       qid=f"syn{seed}-{split}-{index}", video_id=video_id, question=question, answers=(code,), kind=kind,

@@ -1,8 +1,8 @@
 """Evaluation: greedy rollout over a split in batches, metrics, per-question records and trace records.
 
-Modes: "rumination" (the model may clip / crop for up to R steps) and "single_pass" (the same model with the
-`<tool_call>` token disallowed and one step: it must answer at once), so the gain of rumination is measured on
-the same weights.
+Modes: "rumination" (the model may clip / crop for up to R steps) and "single_pass" (the same model, one step,
+`<tool_call>` disallowed, and the assistant turn opened with `SINGLE_PASS_PREFIX` so it must write the answer at
+once), so the gain of rumination is measured on the same weights.
 
 Results JSON (written by eval.py and by train.py's report):
   {"summary": {"mode", "num_questions", "accuracy", "anls", "rumination_rate", "actions_per_question",
@@ -28,6 +28,19 @@ from videor4_jax.rumination.env import RuminationEnv
 from videor4_jax.rumination.rollout import make_rollout_fn
 
 MODES = ("rumination", "single_pass")
+SINGLE_PASS_PREFIX = "<think></think><answer>"
+
+
+def append_to_prompts(batch: dict, suffix_ids: list[int]) -> dict:
+  """Appends `suffix_ids` to every left-padded prompt of `batch` (input_ids / attention_mask `[B, P]`)."""
+  n = len(suffix_ids)
+  ids, mask = np.asarray(batch["input_ids"]), np.asarray(batch["attention_mask"])
+  if n and mask[:, :n].any():
+    raise ValueError(f"single-pass mode appends {n} tokens to the prompt but a prompt fills "
+                     f"{int(mask.sum(1).max())} of the {ids.shape[1]} prompt slots; raise pipeline.max_prompt_tokens")
+  ids = np.concatenate([ids[:, n:], np.broadcast_to(np.asarray(suffix_ids, ids.dtype), (ids.shape[0], n))], 1)
+  mask = np.concatenate([mask[:, n:], np.ones((ids.shape[0], n), mask.dtype)], 1)
+  return dict(batch, input_ids=ids, attention_mask=mask)
 
 
 def single_pass_env(env: RuminationEnv, tool_call_id: int) -> RuminationEnv:
@@ -69,17 +82,20 @@ def evaluate(env: RuminationEnv, params, tok, source, pcfg: pipeline.PipelineCon
   cfg = dataclasses.replace(pcfg, num_epochs=1, shuffle=False, worker_count=0)
   ds = pipeline.make_dataset(_Prefix(source, n), cfg, RlFeaturizer(cfg, system=None), shard=_NO_SHARD)
   questions, kept = [], []
+  prefix = tok.encode(SINGLE_PASS_PREFIX)
   bar = tqdm.tqdm(total=n, desc=f"eval/{mode}", unit="q", disable=not progress)
   for batch in ds:
     b = batch["input_ids"].shape[0]
     if b < cfg.batch_size:    # static shapes: pad the last batch by repeating its first row
       batch = {k: np.concatenate([v, np.repeat(v[:1], cfg.batch_size - b, 0)]) for k, v in batch.items()}
+    if mode == "single_pass":
+      batch = append_to_prompts(batch, prefix)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values_videos", "video_grid_thw",
                                     "source_frames")}
     traj = jax.device_get(fn(params, inputs, jax.random.key(0)))
     for i in range(b):
       gen = np.asarray(traj.tokens[i])[np.asarray(traj.loss_mask[i]) > 0]
-      text = tok.decode(gen)
+      text = tok.decode(gen) if mode == "rumination" else SINGLE_PASS_PREFIX + tok.decode(gen)
       pred = extract_answer(final_segment(text))
       golds = decode_strings(batch["answers"][i], int(batch["num_answers"][i]))
       questions.append(dict(qid=decode_strings(batch["qid"][i])[0], question=decode_strings(batch["question"][i])[0],

@@ -105,3 +105,19 @@ def write_trace_report(out_dir: str, records: list[dict], title: str = "Video-R4
     f.write(page)
   os.replace(tmp, path)
   return path
+
+
+def screenshot(html_path: str, png_path: str, *, width: int = 1200, height: int = 1600, timeout: int = 120) -> str:
+  """Renders the trace page with headless Chromium (found on PATH) into a PNG; returns its path."""
+  import shutil
+  import subprocess
+  exe = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+  if exe is None:
+    raise FileNotFoundError("no chromium / chromium-browser / google-chrome on PATH; install one to screenshot "
+                            "the trace page (the HTML itself needs no browser to be written)")
+  cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={width},{height}",
+         f"--screenshot={os.path.abspath(png_path)}", "file://" + os.path.abspath(html_path)]
+  subprocess.run(cmd, check=True, capture_output=True, timeout=timeout)
+  if not os.path.exists(png_path):
+    raise RuntimeError(f"{exe} wrote no screenshot for {html_path}")
+  return png_path

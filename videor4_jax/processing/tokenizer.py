@@ -14,6 +14,8 @@ from tokenizers import Tokenizer as HFTokenizer
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>")
 TAG_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
+TINY_WORDS = (" sign", "red", "green", "blue", "yellow", "orange", "purple", "cyan", "white", "top", "bottom",
+              " frame")
 
 
 class Tokenizer:
@@ -74,6 +76,9 @@ class Tokenizer:
     tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in SPECIAL_TOKENS])
     pieces = list(TAG_TOKENS) + [p for p in grammar.LITERAL_PIECES if len(p) > 1]
     tok.add_tokens([AddedToken(p, normalized=False) for p in dict.fromkeys(pieces)])
+    # Whole-word tokens for the built-in synthetic task's vocabulary, as a real BPE would have them (appended
+    # last, so every earlier id is unchanged); they fill the vocab to exactly 128.
+    tok.add_tokens([AddedToken(w, normalized=False) for w in TINY_WORDS])
     return cls(tok)
 
 

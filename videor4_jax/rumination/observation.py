@@ -8,7 +8,9 @@ indexed in-graph by the outcome of each row's action.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -56,6 +58,17 @@ def build_observation(t: ObservationTemplates, outcome_b):
   return (jnp.asarray(t.ids)[outcome_b], jnp.asarray(t.valid)[outcome_b], jnp.asarray(t.mm_types)[outcome_b])
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted_validate():
+  from videor4_jax.processing import grammar
+  return jax.jit(grammar.validate, static_argnames=("complete", "num_frames", "max_frames"))
+
+
+def _validate_host(*args, **kw):
+  """grammar.validate compiled once per static setting (eager jnp would dispatch dozens of tiny ops)."""
+  return jax.device_get(_jitted_validate()(*args, **kw))
+
+
 def execute_host(src_fhw3, action: dict | None, *, obs_hw, max_clip_frames: int, crop_margin: float = 0.0,
                  crop_min_px: int = 8, num_frames: int | None = None):
   """Runs one action dict on the host with the rollout's pixel ops (compiled: bit-identical to the graph).
@@ -71,7 +84,7 @@ def execute_host(src_fhw3, action: dict | None, *, obs_hw, max_clip_frames: int,
     return zeros, 0, ActionError.MALFORMED, chat.IMAGE
   f = num_frames or src_fhw3.shape[0]
   if action["name"] == "crop":
-    parsed = grammar.validate(grammar.KIND_CROP, action["frame"], np.asarray(action["bbox_2d"], np.float32),
+    parsed = _validate_host(grammar.KIND_CROP, action["frame"], np.asarray(action["bbox_2d"], np.float32),
                               np.zeros((max_clip_frames,), np.int32), 0, complete=True, num_frames=f,
                               max_frames=max_clip_frames)
     px, err = pixel_ops.crop_host(src_fhw3, int(parsed.frame), parsed.box, out_hw=tuple(obs_hw),

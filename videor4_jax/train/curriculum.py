@@ -189,12 +189,16 @@ class Runner:
     return it
 
   def _maybe_save(self, stage, step_in_stage, state, data_iter=None, force=False):
+    if self.ckpt.latest_step() == self.global_step:      # the stage's last step was just saved in the loop
+      return
     if force or step_in_stage % self.cfg.checkpoint_every == 0:
       self.ckpt.save(self.global_step, {"params": state.params, "opt_state": state.opt_state, "step": state.step},
                      {"stage": stage, "step_in_stage": step_in_stage, "global_step": self.global_step},
                      data_iter=data_iter, force=force)
 
   def _evaluate(self, params, stage, report):
+    if self.cfg.eval.num_examples == 0:       # evaluation switched off (e.g. in tests)
+      return
     out = {}
     for mode in ("rumination", "single_pass"):
       res = evaluate(self.env, params, self.tok, self.source_fn(self.cfg.eval.split), dataclasses.replace(
