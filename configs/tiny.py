@@ -26,7 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data = dict(name="synthetic_textvideo", data_dir="runs/data", seed=0, num_train=400, num_validation=20,
                 num_test=48,
                 # Knobs of videor4_jax.data.synthetic.SyntheticConfig (text size, grid, alphabet, ...).
-                task=dict(crop_text_px=3.0, clip_text_px=1.5))
+                task=dict(crop_text_px=3.0, clip_text_px=1.5, code_len=(1, 1), num_distractors=1,
+                          alphabet="0123456789", question_types=("crop", "clip", "clip_crop")))
   c.pipeline = dict(batch_size=8, num_frames=8, source_hw=(224, 224), global_hw=(56, 56), max_prompt_tokens=128,
                     max_seq_tokens=416, obs_hw=(112, 112), max_observations=2, max_clip_frames=4,
                     padding_side="left", worker_count=0)

@@ -19,6 +19,7 @@ Worker processes (`cfg.worker_count > 0`, `mp_prefetch`) need absl flags parsed 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any
 
@@ -122,7 +123,7 @@ def make_dataset(source: Any, cfg: PipelineConfig, featurizer: grain.transforms.
   if repeat:
     ds = ds.repeat(cfg.num_epochs)
   if featurizer is not None:
-    ds = ds.map(featurizer)
+    ds = ds.map(SkipBadRecords(featurizer))
   ds = ds.batch(cfg.batch_size, drop_remainder=repeat, batch_fn=stack_batch)
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch))
   if cfg.worker_count > 0:
@@ -131,9 +132,42 @@ def make_dataset(source: Any, cfg: PipelineConfig, featurizer: grain.transforms.
   return it_ds
 
 
+log = logging.getLogger(__name__)
+SKIPPED: dict[str, str] = {}   # qid -> reason, for the records this process skipped
+
+
+class SkipBadRecords(grain.transforms.Map):
+  """Runs the featurizer; a record it cannot featurize (undecodable video, bad annotation, too long) is skipped
+  with a warning naming it and counted in `SKIPPED`, so a long run never dies on one bad sample."""
+
+  def __init__(self, featurizer):
+    self.featurizer = featurizer
+
+  def map(self, row):
+    try:
+      return self.featurizer.map(row)
+    except Exception as e:  # noqa: BLE001 - any per-record failure is a skip, never a crash
+      qid = row.get("qid", b"?") if isinstance(row, dict) else "?"
+      qid = qid.decode("utf-8", "replace") if isinstance(qid, bytes) else str(qid)
+      SKIPPED[qid] = f"{type(e).__name__}: {e}"
+      log.warning("skipping record %s (%d skipped so far): %s: %s", qid, len(SKIPPED), type(e).__name__,
+                  str(e)[:300])
+      return None
+
+
 def stack_batch(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  """Stacks featurized rows key by key; every row must have the same static shapes (a clear error if not)."""
-  out = {}
+  """Stacks featurized rows key by key; every row must have the same static shapes (a clear error if not).
+
+  A row skipped by `SkipBadRecords` (None) is filled with a copy of a good row of the batch so shapes stay
+  static; `row_ok [B]` is False there (evaluation ignores those rows; training sees a repeated example).
+  """
+  ok = np.array([r is not None for r in rows])
+  if not ok.any():
+    raise ValueError(f"stack_batch: all {len(rows)} records of a batch failed to featurize (see the warnings "
+                     "above); the data set is unusable as configured")
+  good = [r for r in rows if r is not None]
+  rows = [r if r is not None else good[0] for r in rows]
+  out = {"row_ok": ok}
   for k in rows[0]:
     shapes = {np.shape(r[k]) for r in rows}
     if len(shapes) != 1:

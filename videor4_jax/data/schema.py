@@ -132,8 +132,8 @@ def validate(t: Trajectory, *, num_frames: int | None = None, where: str | None 
   for key in ("qid", "video_id", "question"):
     if not isinstance(getattr(t, key), str) or not getattr(t, key):
       raise _err(where, key, f"expected a non-empty string, got {getattr(t, key)!r}")
-  if not t.answers or not all(isinstance(a, str) for a in t.answers):
-    raise _err(where, "answers", f"expected a non-empty list of strings, got {t.answers!r}")
+  if not t.answers or not all(isinstance(a, str) and a.strip() for a in t.answers):
+    raise _err(where, "answers", f"expected a non-empty list of non-empty strings, got {t.answers!r}")
   if t.kind not in KINDS:
     raise _err(where, "kind", f"{t.kind!r} is not one of {KINDS}")
   if t.kind == "rl":
@@ -209,13 +209,17 @@ def from_json(d: Mapping[str, Any] | str, *, where: str | None = None, num_frame
 
 def read_jsonl(path: str) -> Iterator[tuple[int, Trajectory | SchemaError]]:
   """Yields (line_number, record or the SchemaError naming `path:line`); the caller decides to skip or raise."""
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
+  with open(path, "rb") as f:            # bytes: one non-UTF-8 line must not end the file
+    for n, raw in enumerate(f, 1):
+      if not raw.strip():
         continue
       try:
-        obj = json.loads(line)
+        obj = json.loads(raw.decode("utf-8"))
+        if not isinstance(obj, dict):
+          raise SchemaError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
         yield n, (from_messages(obj, where=f"{path}:{n}") if "messages" in obj else from_json(obj, where=f"{path}:{n}"))
+      except UnicodeDecodeError as e:
+        yield n, SchemaError(f"{path}:{n}: not UTF-8 text ({e.reason} at byte {e.start})")
       except (SchemaError, json.JSONDecodeError) as e:
         yield n, e if isinstance(e, SchemaError) else SchemaError(f"{path}:{n}: not valid JSON: {e}")
 

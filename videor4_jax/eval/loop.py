@@ -94,6 +94,8 @@ def evaluate(env: RuminationEnv, params, tok, source, pcfg: pipeline.PipelineCon
                                     "source_frames")}
     traj = jax.device_get(fn(params, inputs, jax.random.key(0)))
     for i in range(b):
+      if not batch["row_ok"][i]:        # a record that failed to featurize (skipped and reported)
+        continue
       gen = np.asarray(traj.tokens[i])[np.asarray(traj.loss_mask[i]) > 0]
       text = tok.decode(gen) if mode == "rumination" else SINGLE_PASS_PREFIX + tok.decode(gen)
       pred = extract_answer(final_segment(text))

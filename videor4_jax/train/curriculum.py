@@ -86,6 +86,7 @@ class Runner:
     self.writer = MetricsWriter(os.path.join(workdir, "logs"))
     self.ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
     self.report_path = os.path.join(workdir, "report.json")
+    self.skipped_steps = 0
 
   # ---- state ---------------------------------------------------------------------------------------------------
   def _optimizer(self, stage):
@@ -126,6 +127,7 @@ class Runner:
       t0 = time.time()
       state, m = step_fn(state, _sft_batch(next(it)))
       m = jax.device_get(m)
+      self._warn_if_skipped(stage, step, m)
       m["tokens_per_s"] = float(m["tokens"]) / max(time.time() - t0, 1e-6)
       if step % self.cfg.log_every == 0 or step == s.steps - 1:
         self.writer.write(self.global_step, m, prefix=f"{stage}/")
@@ -170,6 +172,7 @@ class Runner:
       for _ in range(gcfg.num_inner_steps):
         state, m = step_fn(state, b, ref_params)
       m = {k: float(v) for k, v in jax.device_get(m).items()}
+      self._warn_if_skipped(stage, step, m)
       m.update({f"reward/{k}": float(jnp.mean(v)) for k, v in terms.items()})
       called = host.actions.called
       m.update(rumination_rate=float((called.sum(1) > 0).mean()), actions_per_rollout=float(called.sum(1).mean()),
@@ -180,6 +183,12 @@ class Runner:
       self.global_step += 1
       self._maybe_save(stage, step + 1, state, it)
     return state
+
+  def _warn_if_skipped(self, stage, step, m):
+    if int(m["skipped"]):
+      self.skipped_steps += 1
+      print(f"WARNING: {stage} step {step}: non-finite loss ({float(m['loss'])}); the update was skipped "
+            f"({self.skipped_steps} skipped so far)", flush=True)
 
   # ---- checkpoints and evaluation --------------------------------------------------------------------------------
   def _resume_iter(self, it, start_step):
