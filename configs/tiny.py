@@ -47,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
                 rewards=dict(accuracy="anls", w_format=0.2, w_div=0.1, w_rep=0.1, w_cur=1.0)),
   )
   c.eval = dict(split="test", num_examples=48, batch_size=16)
+  c.mesh_shape = (-1, 1, 1)             # (data, fsdp, tensor); -1 = all remaining devices
   c.clip_norm = 1.0
   c.weight_decay = 0.0
   c.log_every = 10

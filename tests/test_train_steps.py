@@ -143,3 +143,14 @@ def test_sharded_steps_equal_single_device():
       assert np.abs(g_got - g_want).max() / scale < tol, (name, jax.tree_util.keystr(path),
                                                            np.abs(g_got - g_want).max(), scale)
     jax.tree_util.tree_map_with_path(close, got_state.params, want_state.params, params)
+
+
+def test_frozen_vision_tower_gets_no_update():
+  tok, config, params, env = make_setup()
+  batch, _ = sft_batch(tok, config, env)
+  tx = make_optimizer(OptimConfig(lr=1e-2, total_steps=10, freeze_vision=True))
+  new, m = jax.jit(functools.partial(sft_step, config))(TrainState.create(params, tx), batch)
+  jax.tree.map(np.testing.assert_array_equal, new.params["params"]["visual"], params["params"]["visual"])
+  moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), new.params["params"]["decoder"],
+                       params["params"]["decoder"])
+  assert all(jax.tree.leaves(moved))

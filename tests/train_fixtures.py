@@ -18,6 +18,7 @@ def small_config(data_dir, **stage_steps):
     st.steps = stage_steps.get(name, 2)
     st.batch_size = 2
     st.warmup_steps = 1
+  c.mesh_shape = (2, 1, 1)    # exercise the sharded path on 2 of the 8 test devices
   c.log_every = 1
   c.checkpoint_every = 2
   c.eval.num_examples = 0

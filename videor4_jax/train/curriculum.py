@@ -23,6 +23,7 @@ from videor4_jax.data.features import RlFeaturizer, SftFeaturizer, decode_string
 from videor4_jax.eval.loop import evaluate, final_segment
 from videor4_jax.model import vlm
 from videor4_jax.model.config import model_config_from_dict
+from videor4_jax.parallel.sharding import batch_sharding, make_mesh, param_shardings
 from videor4_jax.rl import grpo, rewards
 from videor4_jax.rumination.config import RolloutConfig
 from videor4_jax.rumination.env import make_env
@@ -87,6 +88,10 @@ class Runner:
     self.ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
     self.report_path = os.path.join(workdir, "report.json")
     self.skipped_steps = 0
+    # Weights by the logical rules, batches over ("data", "fsdp"); jit propagates the rest (optimizer state).
+    self.mesh = make_mesh(tuple(cfg.get("mesh_shape", (-1, 1, 1))))
+    self.param_shardings = param_shardings(self.config, self.mesh)
+    self._check_divisible()
 
   # ---- state ---------------------------------------------------------------------------------------------------
   def _optimizer(self, stage):
@@ -94,7 +99,8 @@ class Runner:
     # A stage shortened from the command line keeps a valid schedule: warmup never exceeds the stage.
     warmup = min(s.get("warmup_steps", 0), s.steps)
     return make_optimizer(OptimConfig(lr=s.lr, warmup_steps=warmup, total_steps=max(s.steps, 1),
-                                      clip_norm=self.cfg.clip_norm, weight_decay=self.cfg.weight_decay))
+                                      clip_norm=self.cfg.clip_norm, weight_decay=self.cfg.weight_decay,
+                                      freeze_vision=bool(s.get("freeze_vision", False))))
 
   def _init_params(self):
     if self.cfg.get("init_from"):
@@ -125,7 +131,8 @@ class Runner:
     it = self._resume_iter(self._sft_stream(stage), start_step)
     for step in range(start_step, s.steps):
       t0 = time.time()
-      state, m = step_fn(state, _sft_batch(next(it)))
+      with jax.set_mesh(self.mesh):
+        state, m = step_fn(state, self._shard(_sft_batch(next(it))))
       m = jax.device_get(m)
       self._warn_if_skipped(stage, step, m)
       m["tokens_per_s"] = float(m["tokens"]) / max(time.time() - t0, 1e-6)
@@ -151,7 +158,8 @@ class Runner:
       inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values_videos", "video_grid_thw",
                                       "source_frames")}
       key = jax.random.fold_in(jax.random.key(self.cfg.seed), self.global_step)
-      traj = roll(state.params, inputs, key)
+      with jax.set_mesh(self.mesh):
+        traj = roll(state.params, self._shard(inputs), key)
       host = jax.device_get(traj)
       rows = host.tokens.shape[0]
       finals = [final_segment(self.tok.decode(host.tokens[i][host.loss_mask[i] > 0])) for i in range(rows)]
@@ -170,7 +178,8 @@ class Runner:
                loss_mask=traj.loss_mask * ~traj.forced, video_pixels=traj.video_pixels, video_grid=traj.video_grid,
                obs_pixels=traj.obs_pixels, obs_grid=traj.obs_grid, logp=traj.logp, advantages=adv)
       for _ in range(gcfg.num_inner_steps):
-        state, m = step_fn(state, b, ref_params)
+        with jax.set_mesh(self.mesh):
+          state, m = step_fn(state, b, ref_params)
       m = {k: float(v) for k, v in jax.device_get(m).items()}
       self._warn_if_skipped(stage, step, m)
       m.update({f"reward/{k}": float(jnp.mean(v)) for k, v in terms.items()})
@@ -183,6 +192,33 @@ class Runner:
       self.global_step += 1
       self._maybe_save(stage, step + 1, state, it)
     return state
+
+  def _check_divisible(self):
+    n = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    sizes = {f"stages.{k}.batch_size": self.cfg.stages[k].batch_size for k in self.stages}
+    sizes.update({f"stages.{k}.batch_size x grpo.num_generations": self.cfg.stages[k].batch_size *
+                  self.cfg.grpo.num_generations for k in self.stages if self.cfg.stages[k].kind == "grpo"})
+    sizes["eval.batch_size"] = self.cfg.eval.batch_size
+    bad = {k: v for k, v in sizes.items() if v % n}
+    if bad:
+      raise ValueError(f"batch sizes {bad} are not divisible by the mesh's data x fsdp = {n} "
+                       f"(mesh_shape={tuple(self.mesh.shape.values())}); change the batch sizes or config.mesh_shape")
+
+  def _place(self, state):
+    """Every state leaf on the mesh: params keep their rule shardings, other leaves not yet there replicate."""
+    from jax.sharding import NamedSharding, PartitionSpec
+    rep = NamedSharding(self.mesh, PartitionSpec())
+    def put(x):
+      sh = getattr(x, "sharding", None)
+      return x if isinstance(sh, NamedSharding) and sh.mesh == self.mesh else jax.device_put(x, rep)
+    return jax.tree.map(put, state)
+
+  def _shard(self, batch):
+    """Batch arrays onto the mesh, split over ("data", "fsdp") on their batch axis (axis 1 of positions)."""
+    def put(k, v):
+      axis = 1 if k == "positions" and np.ndim(v) == 3 and np.shape(v)[0] == 3 else 0
+      return jax.device_put(v, batch_sharding(self.mesh, np.ndim(v), axis))
+    return {k: put(k, v) for k, v in batch.items()}
 
   def _warn_if_skipped(self, stage, step, m):
     if int(m["skipped"]):
@@ -210,7 +246,8 @@ class Runner:
       return
     out = {}
     for mode in ("rumination", "single_pass"):
-      res = evaluate(self.env, params, self.tok, self.source_fn(self.cfg.eval.split), dataclasses.replace(
+      with jax.set_mesh(self.mesh):
+        res = evaluate(self.env, params, self.tok, self.source_fn(self.cfg.eval.split), dataclasses.replace(
           self.pcfg, batch_size=self.cfg.eval.batch_size), mode=mode, num_examples=self.cfg.eval.num_examples)
       out[mode] = res["summary"]
       self.writer.write(self.global_step, res["summary"], prefix=f"eval_{mode}/{stage}/")
@@ -228,13 +265,13 @@ class Runner:
     if os.path.exists(self.report_path):
       with open(self.report_path) as f:
         report["stages"] = json.load(f).get("stages", {})
-    params = self._init_params()
+    params = jax.device_put(self._init_params(), self.param_shardings)
     self.global_step = 0
     stage_i, start_step = 0, 0
     opt0 = self._optimizer(self.stages[0])
     abstract = ckpt_lib.abstract_like({"params": params, "opt_state": opt0.init(params), "step": jnp.int32(0)})
     restored = self.ckpt.restore_latest(abstract)
-    state = TrainState.create(params, opt0)
+    state = self._place(TrainState.create(params, opt0))
     self._resume_ckpt_step = None
     if restored is not None:
       self._resume_ckpt_step, saved, meta, _ = restored
@@ -242,11 +279,13 @@ class Runner:
           meta["global_step"]
       print(f"resuming at stage {meta['stage']!r} step {start_step} (global step {self.global_step})", flush=True)
       tx = self._optimizer(meta["stage"])
-      state = TrainState(step=saved["step"], params=saved["params"], opt_state=saved["opt_state"], tx=tx)
+      state = self._place(TrainState(step=saved["step"], params=jax.device_put(saved["params"],
+                                                                                self.param_shardings),
+                                     opt_state=saved["opt_state"], tx=tx))
     for i in range(stage_i, len(self.stages)):
       stage = self.stages[i]
       if i != stage_i or restored is None:
-        state = TrainState.create(state.params, self._optimizer(stage))
+        state = self._place(TrainState.create(state.params, self._optimizer(stage)))
         start_step = 0 if i != stage_i else start_step
       kind = self.cfg.stages[stage].kind
       print(f"=== stage {i + 1}/{len(self.stages)}: {stage} ({kind}, {self.cfg.stages[stage].steps} steps)", flush=True)

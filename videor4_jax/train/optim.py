@@ -18,6 +18,7 @@ class OptimConfig:
   b2: float = 0.999
   clip_norm: float = 1.0
   grad_accum: int = 1
+  freeze_vision: bool = False     # SFT option: the vision tower (params["params"]["visual"]) gets no updates
 
   def __post_init__(self):
     if self.lr <= 0 or self.total_steps < 1 or self.grad_accum < 1 or self.warmup_steps < 0:
@@ -39,8 +40,15 @@ def _decay_mask(params):
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
+def _vision_mask(params):
+  return jax.tree_util.tree_map_with_path(lambda path, _: any(getattr(k, "key", None) == "visual" for k in path),
+                                          params)
+
+
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
   tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
                    optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
                                mask=_decay_mask))
+  if cfg.freeze_vision:
+    tx = optax.chain(tx, optax.masked(optax.set_to_zero(), _vision_mask))
   return optax.MultiSteps(tx, cfg.grad_accum) if cfg.grad_accum > 1 else tx
