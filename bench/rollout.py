@@ -2,9 +2,8 @@
 
   python bench/rollout.py [--quick] [--out bench/results/rollout.json]
 
-One random Qwen2.5-VL (JAX init, biased so that it really calls crop/clip tools: a constant residual direction
-that the LM head reads as a preference for `<tool_call>`, small digits and the grammar's closing pieces), saved
-with `save_pretrained` and reloaded by HF transformers, so all three implementations run the SAME weights (fp32):
+One random Qwen2.5-VL (JAX init, biased so that it really calls crop/clip tools: see `biased_params`), saved with
+`save_pretrained` and reloaded by HF transformers, so all three implementations run the SAME weights (fp32):
 
   ours         `make_rollout_fn(env, num_generations=G, greedy=True)`: one compiled graph, the KV cache kept
                across the R turns (observation chunks are prefilled incrementally into the same cache).
@@ -27,15 +26,7 @@ Tokens = generated tokens (stop token included). Each implementation is timed on
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import functools
-import json
-import os
-import platform
-import sys
-import tempfile
-import time
+import argparse, dataclasses, functools, json, os, platform, sys, tempfile, time  # noqa: E401
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -43,15 +34,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from videor4_jax import save_pretrained  # noqa: E402
+from videor4_jax import RolloutConfig, make_env, make_rollout_fn, save_pretrained  # noqa: E402
 from videor4_jax.model import vlm  # noqa: E402
 from videor4_jax.model.config import ModelConfig, TextConfig, VisionConfig  # noqa: E402
 from videor4_jax.processing import chat, grammar  # noqa: E402
 from videor4_jax.processing.tokenizer import Tokenizer, padded_vocab_size  # noqa: E402
 from videor4_jax.rumination import observation, pixel_ops  # noqa: E402
-from videor4_jax.rumination.config import RolloutConfig  # noqa: E402
-from videor4_jax.rumination.env import make_env  # noqa: E402
-from videor4_jax.rumination.rollout import make_rollout_fn  # noqa: E402
 from videor4_jax.rumination.sampling import sample_next  # noqa: E402
 
 SETTINGS = {
@@ -59,11 +47,13 @@ SETTINGS = {
                            num_key_value_heads=2, mrope_section=(8, 12, 12)),
                  vision=dict(depth=4, hidden_size=256, intermediate_size=1024, num_heads=4, window_size=112,
                              fullatt_block_indexes=(3,)),
+                 bias=dict(end_bias=8.1, clip_bias=0.15, qk_scale=5.0),
                  B=8, G=2, R=4, T=48, frames=8, src_hw=(224, 224), global_hw=(112, 112), obs_hw=(112, 112)),
     "quick": dict(text=dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
                             num_key_value_heads=2, mrope_section=(8, 12, 12)),
                   vision=dict(depth=2, hidden_size=128, intermediate_size=512, num_heads=2, window_size=56,
                               fullatt_block_indexes=(1,)),
+                  bias=dict(end_bias=8.05, clip_bias=0.1, qk_scale=5.0),
                   B=8, G=2, R=4, T=40, frames=4, src_hw=(112, 112), global_hw=(56, 56), obs_hw=(56, 56)),
 }
 RUNNING, CALL, ANSWER, BUDGET = 0, 1, 2, 3
@@ -79,14 +69,18 @@ def model_config(tok, s) -> ModelConfig:
       eos_token_id=tok.im_end_id, pad_token_id=tok.pad_id)
 
 
-def biased_params(config, tok, seed=0, tool_bias=8.0, end_bias=7.5, digit_bias=3.0, clip_bias=0.0):
-  """Random init + embedding dim 0 set to 1 and LM-head row 0 biased (as tests/rumination_fixtures.py)."""
+def biased_params(config, tok, seed=0, *, tool_bias=8.0, end_bias=7.5, clip_bias=0.0, qk_scale=1.0):
+  """Random init + embedding dim 0 set to 1 and LM-head row 0 biased (as tests/rumination_fixtures.py), so that
+  the model calls tools. Also: q/k kernels scaled by `qk_scale` (sharper, position-dependent attention: greedy
+  rows and coordinates then differ, so some boxes are valid) and a small `clip_bias` (clips are mostly valid)."""
   params = vlm.init_params(config, jax.random.key(seed))
   p = params["params"]
   p["embed"]["embedding"] = p["embed"]["embedding"].at[:, 0].set(1.0)
+  for n in ("q_proj", "k_proj"):
+    p["decoder"]["layers"][n]["kernel"] = p["decoder"]["layers"][n]["kernel"] * qk_scale
   head = p["lm_head"]["kernel"].at[0, :].set(0.0)
   head = head.at[0, tok.tool_call_start_id].set(tool_bias).at[0, tok.im_end_id].set(end_bias)
-  for text, bias in (("1", digit_bias), ("2", digit_bias), ("3", digit_bias), ("4", digit_bias), ("0", digit_bias), (grammar.SEP, 6.0),
+  for text, bias in (("1", 3.0), ("2", 3.0), ("3", 3.0), ("4", 3.0), ("0", 3.0), (grammar.SEP, 6.0),
                      (grammar.CLOSE, 6.0), (grammar.BBOX_OPEN, 6.0), (grammar.CLIP_HEAD, clip_bias)):
     (i,) = tok.encode(text)
     head = head.at[0, i].set(bias)
@@ -308,7 +302,7 @@ def main():
   B, G, R, T = s["B"], s["G"], s["R"], s["T"]
   tok = Tokenizer.tiny()
   config = model_config(tok, s)
-  params = biased_params(config, tok)
+  params = biased_params(config, tok, **s["bias"])
   n_params = int(sum(x.size for x in jax.tree.leaves(params)))
   prompts = make_prompts(tok, B, s["frames"], s["src_hw"], s["global_hw"])
   probe = make_env(config, RolloutConfig(max_steps=R, max_step_tokens=T, obs_hw=s["obs_hw"]), tok, s["frames"])
@@ -318,7 +312,7 @@ def main():
   env = make_env(config, rc, tok, s["frames"])
   rep = {k: np.repeat(v, G, axis=0) for k, v in prompts.items()}     # the rollout's row order (b*G + g)
   key = jax.random.key(0)
-  res = {"config": dict(params=n_params, text=s["text"], vision=s["vision"], B=B, G=G, rows=B * G, R=R,
+  res = {"config": dict(params=n_params, text=s["text"], vision=s["vision"], bias=s["bias"], B=B, G=G, rows=B * G, R=R,
                         max_step_tokens=T, cache_len=S, prompt_len=int(prompts["attention_mask"].sum(1).max()),
                         obs_len=env.obs_len, frames=s["frames"], global_hw=s["global_hw"], obs_hw=s["obs_hw"],
                         greedy=True, dtype="float32", quick=args.quick)}
