@@ -1,4 +1,8 @@
 """Video decoding: sampling, views, odd sizes, grayscale, VFR, and clear errors (never hangs) on bad files."""
+import json
+import subprocess
+import sys
+
 import av
 import numpy as np
 import pytest
@@ -61,3 +65,34 @@ def test_corrupt_or_truncated_video_raises_an_error_naming_the_file(tmp_path, ba
   path.write_bytes(content)
   with pytest.raises(VideoDecodeError, match=f"{bad}.mp4"):
     load_video(str(path), num_frames=4, source_hw=(56, 56), global_hw=(28, 28))
+
+
+_LOAD_ALL = """
+import json, sys
+from videor4_jax.processing.video import VideoDecodeError, load_video
+out = {}
+for path in sys.argv[1:]:
+  try:
+    load_video(path, num_frames=4, source_hw=(56, 56), global_hw=(28, 28))
+    out[path] = "decoded"
+  except VideoDecodeError as e:
+    out[path] = str(e)
+print(json.dumps(out))
+"""
+
+
+def test_bad_videos_fail_fast_and_never_hang(tmp_path):
+  """The bad files again, in a child process with a deadline: a decoder that hung would fail this test (killed at
+  the timeout) instead of stalling the suite."""
+  data = encode_mp4(_frames(10))
+  contents = {"garbage": b"\x00not a video" * 50, "truncated": data[: len(data) // 3], "empty": b"",
+              "header_only": data[:64], "zeros": bytes(4096)}
+  paths = []
+  for name, content in contents.items():
+    (tmp_path / f"{name}.mp4").write_bytes(content)
+    paths.append(str(tmp_path / f"{name}.mp4"))
+  proc = subprocess.run([sys.executable, "-c", _LOAD_ALL, *paths], capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  got = json.loads(proc.stdout.strip().splitlines()[-1])
+  for path in paths:
+    assert got[path].startswith(path + ": cannot decode video"), got[path]
