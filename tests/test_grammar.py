@@ -78,30 +78,67 @@ def test_encode_walk_parse_round_trip(name, action, think):
     assert np.asarray(parsed.frames)[:n].tolist() == action["frames"]
 
 
+@functools.lru_cache(maxsize=None)
+def _dist_to_accept(name):
+  """Fewest tokens from each state to the accept state (BFS on the reversed edges); -1 = accept unreachable."""
+  auto = AUTOS[name]
+  dist = np.full(auto.edge_tok.shape[0], -1)
+  dist[auto.accept] = 0
+  frontier = [auto.accept]
+  while frontier:
+    nxt = []
+    for s in np.nonzero(dist < 0)[0]:
+      targets = auto.edge_next[s][auto.edge_tok[s] >= 0]
+      if any(t in frontier for t in targets):
+        dist[s] = dist[frontier[0]] + 1
+        nxt.append(s)
+    frontier = nxt
+  return dist
+
+
+@pytest.mark.parametrize("finish", [True, False])
 @pytest.mark.parametrize("name", sorted(TOKENIZERS))
-def test_random_walks_on_the_automaton_always_parse(name):
-  """Any path the automaton allows, cut anywhere, parses without exception and without NaN."""
+@settings(max_examples=25, deadline=None)
+@given(choices=st.lists(st.integers(0, 10_000), max_size=100))
+def test_random_walks_on_the_automaton_always_parse(name, finish, choices):
+  """Any path the automaton allows parses without exception and without NaN: cut anywhere it is MALFORMED; finished
+  along the shortest path to accept it is accepted and the in-graph parse equals the host parse of its text."""
   auto, tok = AUTOS[name], TOKENIZERS[name]
-  rng = np.random.default_rng(0)
-  walk = _walker(name)
-  for trial in range(30):
-    state, ids = g.START, [tok.tool_call_start_id]
-    for _ in range(rng.integers(1, 150)):
-      toks = auto.edge_tok[state][auto.edge_tok[state] >= 0]
-      if not len(toks):
-        break
-      t = int(rng.choice(toks))
-      ids.append(t)
-      state = int(auto.edge_next[state][list(auto.edge_tok[state]).index(t)])
-    all_allowed, accepted, parsed = walk(*_pad(ids, 200))
-    assert bool(all_allowed)
-    assert np.all(np.isfinite(np.asarray(parsed.box)))
-    if state == auto.accept:
-      assert bool(accepted)
-      _, host_err = g.parse_action_text(tok.decode(ids), num_frames=NUM_FRAMES, max_frames=K)
-      assert int(parsed.error) == int(host_err)
-    else:
-      assert int(parsed.error) == g.ActionError.MALFORMED, trial
+  dist = _dist_to_accept(name)
+  state, ids = g.START, [tok.tool_call_start_id]
+
+  def take(i):
+    nonlocal state
+    ids.append(int(auto.edge_tok[state][i]))
+    state = int(auto.edge_next[state][i])
+
+  for c in choices:
+    live = np.nonzero(auto.edge_tok[state] >= 0)[0]
+    if not len(live):
+      break
+    take(live[c % len(live)])
+  if finish:
+    assert dist[state] >= 0, "every state the automaton reaches can still finish the call"
+    while state != auto.accept:
+      live = np.nonzero(auto.edge_tok[state] >= 0)[0]
+      take(next(i for i in live if dist[auto.edge_next[state][i]] == dist[state] - 1))
+  assert len(ids) <= 200
+  all_allowed, accepted, parsed = _walker(name)(*_pad(ids, 200))
+  assert bool(all_allowed)
+  assert np.all(np.isfinite(np.asarray(parsed.box)))
+  if state == auto.accept:
+    assert bool(accepted)
+    host, host_err = g.parse_action_text(tok.decode(ids), num_frames=NUM_FRAMES, max_frames=K)
+    assert int(parsed.error) == int(host_err)
+    if host_err == g.ActionError.OK and host["name"] == "crop":
+      assert int(parsed.kind) == g.KIND_CROP and int(parsed.frame) == host["frame"]
+      np.testing.assert_allclose(np.asarray(parsed.box), host["bbox_2d"], atol=1e-6)
+    elif host_err == g.ActionError.OK:
+      assert int(parsed.kind) == g.KIND_CLIP and np.asarray(parsed.frames)[:int(parsed.num_frames)].tolist() == \
+          host["frames"]
+  else:
+    assert not finish
+    assert not bool(accepted) and int(parsed.error) == g.ActionError.MALFORMED
 
 
 def test_off_grammar_token_is_dead_and_malformed():
