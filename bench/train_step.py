@@ -1,0 +1,223 @@
+"""SFT and GRPO train-step throughput: our jitted steps against the same steps in HF transformers (PyTorch).
+
+  python bench/train_step.py [--quick] [--runs 3] [--out bench/results/train_step[_quick].json]
+
+Weights: one random Qwen2.5-VL (the bench/rollout.py model: ~51M parameters, `--quick` ~11M), saved with
+`save_pretrained` and loaded by `Qwen2_5_VLForConditionalGeneration.from_pretrained`, fp32 on both sides.
+Batch (the same for both): B rows of one rumination conversation each
+
+    system + user(video, question) + assistant(A tokens) + observation(crop image) + assistant(A tokens) <|im_end|>
+
+(loss mask 1 on the two assistant turns), the global video through the vision tower, the crop through it as an
+image, M-RoPE positions from `get_rope_index` (HF computes its own from `mm_token_type_ids`; the step-0 losses of
+the two sides are compared as a check that both see the same batch).
+
+  SFT   ours: jit(sft_step) (chunked log-probs, AdamW + global-norm clip, optax). HF: forward -> logits ->
+        masked mean CE of the next token -> backward -> clip_grad_norm_(1.0) -> torch.optim.AdamW.
+  GRPO  ours: jit(grpo_step), beta = 0.04 (so a frozen reference forward runs too), seq_mean_token_mean. HF: the
+        same objective in torch: ratio = exp(logp - logp_old), -min(rho A, clip(rho, 0.8, 1.2) A) + beta * k3 KL
+        to a frozen copy of the model (forward under no_grad), mean over tokens then rows, backward, clip, AdamW.
+
+Throughput = B * S tokens (every slot goes through the forward and backward) per second of one step. After a
+warm-up step each (ours: compile + one step), the timed steps of the two sides alternate (ours, HF, ours, ...),
+so that load from other jobs on a shared machine hits both alike; the median of `--runs` is reported.
+Final line: SFT ours/HF and GRPO ours/HF.
+"""
+from __future__ import annotations
+
+import argparse, functools, json, os, platform, statistics, sys, tempfile, time  # noqa: E401
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import rollout as rb  # noqa: E402  (bench/rollout.py: model config, params, prompts)
+from videor4_jax import get_rope_index, save_pretrained  # noqa: E402
+from videor4_jax.processing import chat  # noqa: E402
+from videor4_jax.processing.tokenizer import Tokenizer  # noqa: E402
+from videor4_jax.rl import grpo  # noqa: E402
+from videor4_jax.train.optim import OptimConfig, make_optimizer  # noqa: E402
+from videor4_jax.train.steps import TrainState, grpo_step, sft_step  # noqa: E402
+
+SETTINGS = {"full": dict(model="full", B=8, A=64, crop_hw=(112, 112)),
+            "quick": dict(model="quick", B=2, A=48, crop_hw=(56, 56))}
+LR, WD, CLIP, BETA, EPS = 1e-5, 0.01, 1.0, 0.04, 0.2
+
+
+def make_batch(tok, config, s, m, seed=0):
+  """Numpy batch in our slot layout plus the HF keyword arguments of the same conversations."""
+  rng = np.random.default_rng(seed)
+  B, A = s["B"], s["A"]
+  pr = rb.make_prompts(tok, B, m["frames"], m["src_hw"], m["global_hw"], seed=seed)
+  gh, gw = s["crop_hw"][0] // 14, s["crop_hw"][1] // 14
+  n_img = gh * gw // 4
+  text = lambda: tok.encode("".join(rng.choice(list("abcdefghij0123456789 ,.:"), 4 * A)))[:A]
+  rows = []
+  for _ in range(B):
+    ids, types = chat.prompt_ids(tok, "What is written?", int(pr["video_grid_thw"][0].prod()) // 4,
+                                 chat.TINY_SYSTEM_PROMPT)
+    loss = [0] * len(ids)
+    a1 = text()
+    o_ids, o_types = chat.observation_ids(tok, 0, n_img, chat.IMAGE)
+    a2 = text() + [tok.im_end_id]
+    ids, types = ids + a1 + o_ids + a2, types + [0] * len(a1) + o_types + [0] * len(a2)
+    loss += [1] * len(a1) + [0] * len(o_ids) + [1] * len(a2)
+    rows.append((ids, types, loss))
+  assert len({len(r[0]) for r in rows}) == 1
+  ids, types, loss = (np.array([r[i] for r in rows]) for i in range(3))
+  obs = rng.standard_normal((B, 1, gh * gw, config.vision.patch_dim)).astype(np.float32)
+  obs_grid = np.tile(np.array([1, gh, gw], np.int32), (B, 1, 1))
+  spg = np.ones((B,), np.float32)
+  pos, _ = get_rope_index(config, ids, types, image_grid_thw=obs_grid[:, 0], video_grid_thw=pr["video_grid_thw"],
+                          second_per_grid_ts=spg)
+  ours = dict(tokens=ids.astype(np.int32), positions=pos.astype(np.int32), valid=np.ones(ids.shape, bool),
+              mm_types=types.astype(np.int32), loss_mask=loss.astype(np.float32),
+              video_pixels=pr["pixel_values_videos"], video_grid=pr["video_grid_thw"].astype(np.int32),
+              obs_pixels=obs, obs_grid=obs_grid)
+  hf = dict(input_ids=ids.astype(np.int64), attention_mask=np.ones(ids.shape, np.int64),
+            mm_token_type_ids=types.astype(np.int64), pixel_values=obs.reshape(-1, obs.shape[-1]),
+            image_grid_thw=obs_grid[:, 0].astype(np.int64),
+            pixel_values_videos=pr["pixel_values_videos"].reshape(-1, pr["pixel_values_videos"].shape[-1]),
+            video_grid_thw=pr["video_grid_thw"].astype(np.int64), second_per_grid_ts=spg)
+  return ours, hf
+
+
+# ------------------------------------------------------------------------------------------------ HF PyTorch
+def hf_steps(model, ref_model, hf_batch, loss_mask, old_logp, adv):
+  import torch
+  kw = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in hf_batch.items()}
+  ids = kw["input_ids"]
+  mask = torch.from_numpy(loss_mask[:, 1:])
+  old = torch.from_numpy(old_logp[:, 1:])
+  adv_t = torch.from_numpy(np.array(adv))[:, None]
+  decay = [p for p in model.parameters() if p.ndim >= 2]
+  no_decay = [p for p in model.parameters() if p.ndim < 2]      # as optax's mask: no decay on norms / biases
+  opt = torch.optim.AdamW([dict(params=decay, weight_decay=WD), dict(params=no_decay, weight_decay=0.0)], lr=LR,
+                          betas=(0.9, 0.999), eps=1e-8)
+
+  def token_logp(m):
+    m.model.rope_deltas = None                                   # cached state in transformers 5.x
+    logits = m(**kw).logits[:, :-1].float()
+    return torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
+
+  def update(loss):
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+    opt.step()
+    return float(loss.detach())
+
+  def sft():
+    return update(-(token_logp(model) * mask).sum() / mask.sum().clamp(min=1.0))
+
+  def grpo_():
+    with torch.no_grad():
+      ref = token_logp(ref_model)
+    logp = token_logp(model)
+    ratio = torch.exp(logp - old)
+    per_tok = -torch.minimum(ratio * adv_t, torch.clamp(ratio, 1 - EPS, 1 + EPS) * adv_t)
+    d = ref - logp
+    per_tok = per_tok + BETA * (torch.exp(d) - d - 1)
+    return update(((per_tok * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean())
+
+  return sft, grpo_
+
+
+# ------------------------------------------------------------------------------------------------ main
+def timed(fn):
+  t0 = time.perf_counter()
+  out = fn()
+  return time.perf_counter() - t0, out
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--quick", action="store_true", help="the ~11M quick model, B=2")
+  ap.add_argument("--runs", type=int, default=3, help="timed steps per side (median)")
+  ap.add_argument("--out", default=None)
+  args = ap.parse_args()
+  import torch
+  import transformers
+  from transformers import Qwen2_5_VLForConditionalGeneration
+  transformers.logging.set_verbosity_error()
+  s = SETTINGS["quick" if args.quick else "full"]
+  m = rb.SETTINGS[s["model"]]
+  tok = Tokenizer.tiny()
+  config = rb.model_config(tok, m)
+  params = rb.biased_params(config, tok, **m["bias"])
+  n_params = int(sum(x.size for x in jax.tree.leaves(params)))
+  ours_b, hf_b = make_batch(tok, config, s, m)
+  B, S = ours_b["tokens"].shape
+  ntok = B * S
+  res = dict(config=dict(params=n_params, B=B, S=S, tokens_per_step=ntok, loss_tokens=int(ours_b["loss_mask"].sum()),
+                         assistant_tokens_per_turn=s["A"], crop_hw=s["crop_hw"], lr=LR, weight_decay=WD,
+                         clip_norm=CLIP, grpo_beta=BETA, grpo_eps=EPS, aggregation="seq_mean_token_mean",
+                         dtype="float32", runs=args.runs, quick=args.quick))
+  print(f"model {n_params / 1e6:.1f}M params; batch {B} x {S} slots", flush=True)
+
+  # ours
+  tx = make_optimizer(OptimConfig(lr=LR, warmup_steps=0, total_steps=10_000, end_lr_ratio=1.0, weight_decay=WD,
+                                  clip_norm=CLIP))
+  gcfg = grpo.GRPOConfig(num_generations=2, beta=BETA, eps_low=EPS, eps_high=EPS, aggregation="seq_mean_token_mean")
+  batch = jax.tree.map(jnp.asarray, ours_b)
+  from videor4_jax.train.steps import sequence_logprobs
+  logp0 = np.asarray(jax.jit(functools.partial(sequence_logprobs, config))(params, batch))
+  old_logp = (logp0 + 0.1 * np.random.default_rng(1).standard_normal(logp0.shape)).astype(np.float32)
+  adv = np.asarray(grpo.group_advantages(jnp.asarray(np.random.default_rng(2).random(B), jnp.float32), 2))
+  gbatch = dict(batch, logp=jnp.asarray(old_logp), advantages=jnp.asarray(adv))
+  ours_sft = jax.jit(functools.partial(sft_step, config), donate_argnums=(0,))
+  ours_grpo = jax.jit(functools.partial(grpo_step, config, gcfg), donate_argnums=(0,))
+
+  # HF on the same weights
+  with tempfile.TemporaryDirectory() as d:
+    save_pretrained(d, config, params)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(d, dtype=torch.float32).train()
+    ref_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(d, dtype=torch.float32).eval()
+  for p in ref_model.parameters():
+    p.requires_grad_(False)
+  hf_init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+  for name, ours_fn, bt in (("sft", ours_sft, batch), ("grpo", ours_grpo, gbatch)):
+    state = TrainState.create(jax.tree.map(jnp.copy, params), tx)
+    model.load_state_dict(hf_init)
+    hf_sft, hf_grpo = hf_steps(model, ref_model, hf_b, ours_b["loss_mask"], old_logp, adv)
+    hf_fn = hf_sft if name == "sft" else hf_grpo
+    run_ours = lambda st, f=ours_fn, bt=bt: jax.block_until_ready(f(st, bt, ref_params=params) if name == "grpo"
+                                                                  else f(st, bt))
+    t0 = time.perf_counter()
+    state, met = run_ours(state)                                   # compile + first step
+    first_ours = time.perf_counter() - t0
+    first_hf, loss_hf0 = timed(hf_fn)
+    loss_ours0 = float(met["loss"])
+    t_ours, t_hf = [], []
+    for _ in range(args.runs):
+      dt, (state, _) = timed(lambda: run_ours(state))
+      t_ours.append(dt)
+      t_hf.append(timed(hf_fn)[0])
+    mo, mh = statistics.median(t_ours), statistics.median(t_hf)
+    res[name] = dict(ours=dict(step_s=[round(x, 3) for x in t_ours], median_s=round(mo, 3),
+                               tokens_per_s=round(ntok / mo, 1), first_step_s=round(first_ours, 2)),
+                     hf=dict(step_s=[round(x, 3) for x in t_hf], median_s=round(mh, 3), tokens_per_s=round(ntok / mh, 1),
+                             first_step_s=round(first_hf, 2)),
+                     step0_loss=dict(ours=loss_ours0, hf=loss_hf0, abs_diff=abs(loss_ours0 - loss_hf0)),
+                     ours_over_hf=round(mh / mo, 2))
+    print(f"{name}: ours {ntok / mo:8.1f} tok/s (median of {t_ours}), HF {ntok / mh:8.1f} tok/s (median of {t_hf}); "
+          f"step-0 loss ours {loss_ours0:.6f} HF {loss_hf0:.6f}", flush=True)
+
+  res["machine"] = dict(host=platform.node(), cpus=os.cpu_count(), loadavg=[round(x, 2) for x in os.getloadavg()],
+                        jax=jax.__version__, torch=torch.__version__, torch_threads=torch.get_num_threads(),
+                        transformers=transformers.__version__, attn_implementation=model.config._attn_implementation)
+  out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                 "train_step_quick.json" if args.quick else "train_step.json")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, "w") as f:
+    json.dump(res, f, indent=2)
+  print(f"train step tokens/s: SFT ours/HF = {res['sft']['ours_over_hf']:.2f}x; "
+        f"GRPO ours/HF = {res['grpo']['ours_over_hf']:.2f}x")
+
+
+if __name__ == "__main__":
+  main()
