@@ -1,11 +1,13 @@
-"""The trace report draws each crop box where the action put it and links every PNG it writes."""
+"""The trace report draws each crop box where the action put it, links every PNG it writes, and renders in Chromium."""
 import os
 import re
+import shutil
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from videor4_jax.eval.trace import BOX_COLOR, write_trace_report
+from videor4_jax.eval.trace import BOX_COLOR, screenshot, write_trace_report
 
 
 def _record():
@@ -37,3 +39,21 @@ def test_trace_report_draws_boxes_and_links_pngs(tmp_path):
   assert abs(ys.min() - 50) <= 2 and ys.max() >= 97
   assert not red[:45].any() and not red[:, :45].any()
   assert os.path.exists(tmp_path / "q0_s1_clip.png") and os.path.exists(tmp_path / "q0_s0_obs.png")
+
+
+_BROWSER = next((n for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+@pytest.mark.skipif(_BROWSER is None, reason="no chromium on PATH (Debian: apt-get install chromium)")
+def test_trace_page_renders_in_headless_chromium(tmp_path):
+  """The page renders in a real browser: the screenshot is not blank, and the PNGs load (the crop box colour and the
+  dark frames appear in the rendered pixels, not only in the files)."""
+  path = write_trace_report(str(tmp_path), [_record()])
+  png = screenshot(path, str(tmp_path / "shot.png"), width=800, height=900, timeout=60)
+  shot = np.asarray(Image.open(png).convert("RGB")).astype(int)
+  assert shot.shape == (900, 800, 3)
+  assert shot.std() > 20                                            # not a blank page
+  near_box = (np.abs(shot - np.array(BOX_COLOR)).max(-1) <= 12).sum()
+  dark = (shot.max(-1) < 70).sum()
+  assert near_box > 200, near_box                                   # the drawn crop box and clip outlines
+  assert dark > 50_000, dark                                        # the embedded frames (values < 60)
