@@ -8,7 +8,7 @@ from videor4_jax.rl import grpo
 from videor4_jax.rl.logprobs import token_logprobs
 
 
-def numpy_grpo(logp, old, adv, mask, ref, beta, eps_lo, eps_hi, agg):
+def numpy_grpo(logp, old, adv, mask, ref, beta, eps_lo, eps_hi, agg, max_len=0):
   """DeepSeekMath GRPO objective written out loop by loop (negated: a loss)."""
   b, t = logp.shape
   per = np.zeros((b, t))
@@ -22,7 +22,7 @@ def numpy_grpo(logp, old, adv, mask, ref, beta, eps_lo, eps_hi, agg):
     return (per * mask).sum() / mask.sum()
   if agg == "seq_mean_token_mean":
     return np.mean([(per[i] * mask[i]).sum() / mask[i].sum() for i in range(b)])
-  return (per * mask).sum() / (b * t)
+  return (per * mask).sum() / (b * (max_len or t))
 
 
 @pytest.mark.parametrize("agg", grpo.AGGREGATIONS)
@@ -42,6 +42,54 @@ def test_grpo_loss_matches_numpy_formula(agg, beta):
                                 beta=beta, eps_low=0.2, eps_high=0.28, aggregation=agg)
   assert abs(float(got) - want) <= 1e-6 * max(1.0, abs(want))
   assert 0 < float(metrics["clip_frac"]) < 1
+
+
+def _random_case(seed=0, b=6, t=9):
+  rng = np.random.default_rng(seed)
+  logp = -rng.random((b, t)) * 3
+  old = logp + rng.normal(size=(b, t)) * 0.3
+  ref = logp + rng.normal(size=(b, t)) * 0.2
+  mask = (rng.random((b, t)) < 0.7).astype(np.float64)
+  mask[:, 0] = 1
+  return logp, old, ref, rng.normal(size=b), mask
+
+
+def test_dr_grpo_constant_normalizer_max_len():
+  """Dr. GRPO divides by B * max_len (a constant, here longer than the batch's T=9), not by B * T."""
+  logp, old, ref, adv, mask = _random_case(3)
+  for max_len in (0, 20):
+    want = numpy_grpo(logp, old, adv, mask, ref, 0.04, 0.2, 0.28, "dr_grpo", max_len)
+    got, _ = grpo.grpo_loss(jnp.asarray(logp), jnp.asarray(old), jnp.asarray(adv), jnp.asarray(mask),
+                            ref_logp_bt=jnp.asarray(ref), beta=0.04, eps_low=0.2, eps_high=0.28,
+                            aggregation="dr_grpo", max_len=max_len)
+    assert abs(float(got) - want) <= 1e-6 * max(1.0, abs(want)), max_len
+
+
+@pytest.mark.parametrize("agg", grpo.AGGREGATIONS)
+def test_zero_variance_filter_equals_deleting_the_groups(agg):
+  """Rows of zero-variance groups get zero loss weight: the loss equals the NumPy loss of the batch with those
+  rows deleted (normalizers included), and their log-probs get exactly zero gradient."""
+  G = 2
+  logp, old, ref, _, mask = _random_case(4)
+  rewards = jnp.array([1.0, 0.0, 0.7, 0.7, 0.2, 0.5])          # group 1 has zero variance
+  keep = ~grpo.zero_variance_groups(rewards, G)
+  assert np.asarray(keep).tolist() == [True, True, False, False, True, True]
+  adv = np.asarray(grpo.group_advantages(rewards, G), np.float64)
+  rows = np.asarray(keep)
+  want = numpy_grpo(logp[rows], old[rows], adv[rows], mask[rows], ref[rows], 0.04, 0.2, 0.28, agg, 12)
+
+  def loss(lp):
+    return grpo.grpo_loss(lp, jnp.asarray(old), jnp.asarray(adv), jnp.asarray(mask), ref_logp_bt=jnp.asarray(ref),
+                          beta=0.04, eps_low=0.2, eps_high=0.28, aggregation=agg, max_len=12, keep_b=keep)[0]
+
+  got, grad = jax.value_and_grad(loss)(jnp.asarray(logp))
+  assert abs(float(got) - want) <= 1e-6 * max(1.0, abs(want))
+  assert np.all(np.asarray(grad)[~rows] == 0) and np.any(np.asarray(grad)[rows] != 0)
+  # Without the filter the zero-variance rows still count (KL term, normalizers): a different loss.
+  unfiltered = grpo.grpo_loss(jnp.asarray(logp), jnp.asarray(old), jnp.asarray(adv), jnp.asarray(mask),
+                              ref_logp_bt=jnp.asarray(ref), beta=0.04, eps_low=0.2, eps_high=0.28, aggregation=agg,
+                              max_len=12)[0]
+  assert abs(float(unfiltered) - want) > 1e-4
 
 
 def test_group_advantages_hand_computed():
@@ -64,6 +112,10 @@ def test_config_validates():
     grpo.GRPOConfig(num_generations=1)
   with pytest.raises(ValueError, match="aggregation"):
     grpo.GRPOConfig(aggregation="mean")
+  with pytest.raises(ValueError, match="max_len"):
+    grpo.GRPOConfig(max_len=-1)
+  with pytest.raises(ValueError, match="adv_eps"):
+    grpo.GRPOConfig(adv_eps=0.0)
 
 
 @pytest.mark.parametrize("seq_chunk,vocab_chunk", [(4, 16), (5, 7), (64, 1000)])

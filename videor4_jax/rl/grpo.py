@@ -12,6 +12,10 @@ aggregated over the masked tokens (m = 1 on tokens the policy generated; prompt 
     seq_mean_token_mean:  mean_i ( sum_t m l / sum_t m )          (the DeepSeekMath / GRPO paper form)
     dr_grpo:              sum_{i,t} m l / (B * max_len)           (Dr. GRPO: a constant normalizer)
 Rows are grouped contiguously: row r belongs to group r // G.
+
+Zero-variance filtering (`filter_zero_variance`): a group whose G rewards are all equal carries no policy-gradient
+signal (every A_i = 0), only KL. Its rows get zero loss weight and are removed from every normalizer, so the loss
+equals the loss of the batch with those rows deleted (B above counts the kept rows).
 """
 from __future__ import annotations
 
@@ -40,13 +44,16 @@ class GRPOConfig:
   def __post_init__(self):
     if self.num_generations < 2:
       raise ValueError(f"GRPO needs num_generations >= 2 (got {self.num_generations}): with one rollout per "
-                       f"prompt every group-normalized advantage is 0; set rl.num_generations to e.g. 8")
+                       f"prompt every group-normalized advantage is 0; set grpo.num_generations to e.g. 8")
     if self.eps_low < 0 or self.eps_high < 0:
       raise ValueError(f"clip epsilons must be >= 0 (eps_low={self.eps_low}, eps_high={self.eps_high})")
     if self.aggregation not in AGGREGATIONS:
       raise ValueError(f"aggregation={self.aggregation!r}; expected one of {AGGREGATIONS}")
     if self.beta < 0 or self.num_inner_steps < 1 or self.temperature <= 0:
-      raise ValueError("beta must be >= 0, num_inner_steps >= 1, temperature > 0")
+      raise ValueError(f"beta must be >= 0, num_inner_steps >= 1, temperature > 0 (got beta={self.beta}, "
+                       f"num_inner_steps={self.num_inner_steps}, temperature={self.temperature})")
+    if self.adv_eps <= 0 or self.max_len < 0:
+      raise ValueError(f"adv_eps must be > 0 and max_len >= 0 (got adv_eps={self.adv_eps}, max_len={self.max_len})")
 
 
 def group_advantages(rewards_b, group_size: int, *, std_normalize: bool = True, eps: float = 1e-6):
@@ -68,28 +75,35 @@ def kl_k3(logp, ref_logp):
   return jnp.exp(d) - d - 1.0
 
 
-def aggregate(loss_bt, mask_bt, aggregation: str, max_len: int = 0):
+def aggregate(loss_bt, mask_bt, aggregation: str, max_len: int = 0, keep_b=None):
+  """Masked aggregation; rows with keep_b = False count as absent (zero weight, out of every normalizer)."""
   mask = mask_bt.astype(jnp.float32)
+  rows = loss_bt.shape[0]
+  if keep_b is not None:
+    mask = mask * keep_b[:, None].astype(jnp.float32)
+    rows = jnp.maximum(keep_b.astype(jnp.float32).sum(), 1.0)
   if aggregation == "token_mean":
     return (loss_bt * mask).sum() / jnp.maximum(mask.sum(), 1.0)
   if aggregation == "seq_mean_token_mean":
     per_seq = (loss_bt * mask).sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
-    return per_seq.mean()
+    return per_seq.sum() / rows
   if aggregation == "dr_grpo":
-    return (loss_bt * mask).sum() / (loss_bt.shape[0] * (max_len or loss_bt.shape[1]))
+    return (loss_bt * mask).sum() / (rows * (max_len or loss_bt.shape[1]))
   raise ValueError(f"aggregation={aggregation!r}; expected one of {AGGREGATIONS}")
 
 
 def grpo_loss(logp_bt, old_logp_bt, advantages_b, mask_bt, *, ref_logp_bt=None, beta: float = 0.0,
               eps_low: float = 0.2, eps_high: float = 0.2, aggregation: str = "seq_mean_token_mean",
-              max_len: int = 0):
-  """Returns `(loss, metrics)`; see the module docstring for the math."""
+              max_len: int = 0, keep_b=None):
+  """Returns `(loss, metrics)`; see the module docstring for the math. keep_b `[B]` bool: rows to train on."""
   ratio = jnp.exp(logp_bt - old_logp_bt)
   adv = advantages_b[:, None]
   unclipped = ratio * adv
   clipped = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
   per_token = -jnp.minimum(unclipped, clipped)
   mask = mask_bt.astype(jnp.float32)
+  if keep_b is not None:
+    mask = mask * keep_b[:, None].astype(jnp.float32)
   n = jnp.maximum(mask.sum(), 1.0)
   metrics = {}
   if beta > 0:
@@ -98,7 +112,7 @@ def grpo_loss(logp_bt, old_logp_bt, advantages_b, mask_bt, *, ref_logp_bt=None, 
     kl = kl_k3(logp_bt, ref_logp_bt)
     per_token = per_token + beta * kl
     metrics["kl"] = (kl * mask).sum() / n
-  loss = aggregate(per_token, mask, aggregation, max_len)
+  loss = aggregate(per_token, mask, aggregation, max_len, keep_b)
   is_clipped = (clipped < unclipped) & (mask > 0)
   metrics.update(clip_frac=is_clipped.sum() / n, ratio_mean=(ratio * mask).sum() / n,
                  ratio_max=jnp.where(mask > 0, ratio, 0.0).max())

@@ -2,7 +2,9 @@
 
 Orbax writes every step to a temporary directory and renames it when complete, so a step directory that exists
 is complete; `restore_latest` still checks each candidate (newest first) and falls back, with a logged message,
-when one cannot be read (e.g. files truncated by a crash or a full disk).
+when one cannot be read (e.g. files truncated by a crash or a full disk). A checkpoint that reads fine but whose
+tree does not match the target (another model or optimizer config) is not a reason to fall back: silently
+resuming from an older step, or from scratch, would hide the config change, so it raises `CheckpointMismatch`.
 """
 from __future__ import annotations
 
@@ -13,6 +15,10 @@ import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
+
+
+class CheckpointMismatch(ValueError):
+  """A readable checkpoint whose arrays (paths or shapes) differ from the state the config builds."""
 
 
 class Checkpointer:
@@ -49,17 +55,43 @@ class Checkpointer:
     self.manager.restore(step, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
     return data_iter
 
+  def read_meta(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
   def restore_latest(self, abstract_state, data_iter=None):
-    """Newest readable checkpoint: `(step, state, meta, iter)`, or None when there is none."""
+    """Newest readable checkpoint: `(step, state, meta, iter)`, or None when there is none.
+
+    abstract_state: the target tree, or a function `meta -> tree` (the state depends on the saved stage, e.g.
+    its optimizer). Unreadable steps are skipped with a warning; a tree mismatch raises `CheckpointMismatch`.
+    """
     self.manager.reload()
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
-        state, meta, it = self.restore(step, abstract_state, data_iter)
+        meta = self.read_meta(step)
+        saved = self._saved_arrays(step)
+        if not saved:
+          raise ValueError("no array metadata")
+      except Exception as e:  # noqa: BLE001 - an unreadable checkpoint means: fall back to an older one
+        self._warn_unreadable(step, e)
+        continue
+      target = abstract_state(meta) if callable(abstract_state) else abstract_state
+      _check_same_arrays(saved, target, f"{self.directory}/{step} (meta {meta})")
+      try:
+        state, meta, it = self.restore(step, target, data_iter)
         return step, state, meta, it
-      except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means: fall back to an older one
-        log.warning("checkpoint %s/%d is unreadable (%s: %s); falling back to an older one", self.directory, step,
-                    type(e).__name__, str(e).splitlines()[0][:200])
+      except Exception as e:  # noqa: BLE001 - metadata fine but array data unreadable: fall back
+        self._warn_unreadable(step, e)
     return None
+
+  def _saved_arrays(self, step: int) -> dict:
+    """{path tuple: ArrayMetadata} of the saved state, read from Orbax's metadata (no array data)."""
+    with ocp.StandardCheckpointer() as reader:
+      md = reader.metadata(os.path.join(self.directory, str(step), "state"))
+    return ocp.tree.to_flat_dict(md.item_metadata.tree)
+
+  def _warn_unreadable(self, step, e):
+    log.warning("checkpoint %s/%d is unreadable (%s: %s); falling back to an older one", self.directory, step,
+                type(e).__name__, (str(e).splitlines() or [""])[0][:200])
 
   def close(self):
     self.manager.wait_until_finished()
@@ -71,3 +103,37 @@ def abstract_like(tree, shardings=None):
   if shardings is None:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def _check_same_arrays(saved_flat: dict, target, where: str):
+  """Raises CheckpointMismatch naming the array paths that are missing, extra or of another shape."""
+  have = {k: tuple(getattr(v, "shape", ())) for k, v in saved_flat.items()}
+  want = {k: tuple(v.shape) for k, v in ocp.tree.to_flat_dict(target).items() if hasattr(v, "shape")}
+  name = lambda k: ".".join(map(str, k))
+  only_saved = sorted(name(k) for k in have.keys() - want.keys())
+  only_target = sorted(name(k) for k in want.keys() - have.keys())
+  shapes = sorted(f"{name(k)}: saved {have[k]} vs {want[k]}" for k in have.keys() & want.keys() if have[k] != want[k])
+  if only_saved or only_target or shapes:
+    raise CheckpointMismatch(
+        f"checkpoint {where} does not match the state this config builds: {len(only_saved)} saved arrays the "
+        f"config lacks {only_saved[:4]}, {len(only_target)} config arrays not in the checkpoint {only_target[:4]}, "
+        f"{len(shapes)} shape differences {shapes[:4]}. The run was saved with another model or optimizer config "
+        f"(e.g. a stage's freeze_vision or grad_accum, or the model sizes): resume with the config it was started "
+        f"with, or start a new workdir.")
+
+
+def save_tree(path: str, tree) -> None:
+  """Writes one pytree of arrays to `path` (synchronously, replacing an older one); Orbax renames a complete
+  temporary directory into place, so `path` exists only when complete."""
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(os.path.abspath(path), tree, force=True)
+  ckptr.wait_until_finished()
+  ckptr.close()
+
+
+def restore_tree(path: str, abstract_tree):
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path} does not exist")
+  with ocp.StandardCheckpointer() as ckptr:
+    return ckptr.restore(path, abstract_tree)

@@ -70,9 +70,15 @@ def grpo_step(config, gcfg: grpo.GRPOConfig, state: TrainState, batch, ref_param
   """One GRPO update on a rollout batch (see rl/grpo.py for the objective).
 
   batch: the trajectory fields of `sequence_hidden` plus `loss_mask`, `logp` (behaviour log-probs recorded by
-  the rollout) and `advantages [B]`.
+  the rollout) and `advantages [B]`; optional `keep [B]` bool (rows outside zero-variance groups), used when
+  `gcfg.filter_zero_variance`.
   """
   mask = batch["loss_mask"].astype(jnp.float32)
+  keep = None
+  if gcfg.filter_zero_variance:
+    if "keep" not in batch:
+      raise ValueError("grpo.filter_zero_variance=True needs batch['keep'] (~rl.grpo.zero_variance_groups(rewards))")
+    keep = batch["keep"]
   ref_logp = None
   if gcfg.beta > 0:
     ref_logp = jax.lax.stop_gradient(sequence_logprobs(config, ref_params, batch, temperature=gcfg.temperature))
@@ -80,7 +86,8 @@ def grpo_step(config, gcfg: grpo.GRPOConfig, state: TrainState, batch, ref_param
   def loss_fn(params):
     logp = sequence_logprobs(config, params, batch, temperature=gcfg.temperature)
     return grpo.grpo_loss(logp, batch["logp"], batch["advantages"], mask, ref_logp_bt=ref_logp, beta=gcfg.beta,
-                          eps_low=gcfg.eps_low, eps_high=gcfg.eps_high, aggregation=gcfg.aggregation)
+                          eps_low=gcfg.eps_low, eps_high=gcfg.eps_high, aggregation=gcfg.aggregation,
+                          max_len=gcfg.max_len, keep_b=keep)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads)
