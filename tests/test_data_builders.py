@@ -53,10 +53,20 @@ def test_synthetic_textvideo(tmp_path):
   assert common.read_skipped(b.data_dir) == []
 
 
-def test_m4_vitevqa_skips_corrupt_and_missing(tmp_path):
+# The official annotation file tags of each config (M4-ViteVQA v0.0.2 release).
+M4_TAGS = {"task1_split1": "t1s1", "task1_split2": "t1s2", "task2": "t2"}
+
+
+@pytest.mark.parametrize("config", sorted(M4_TAGS))
+def test_m4_vitevqa_skips_corrupt_and_missing(tmp_path, config):
   fix = fx.write_m4_manual_dir(str(tmp_path / "manual"))
-  b = _build(M4Vitevqa, tmp_path, config="task1_split1", manual=tmp_path / "manual")
-  assert b.info.splits["train"].num_examples == 3 and b.info.splits["test"].num_examples == 3
+  tag = M4_TAGS[config]
+  for split in ("train", "val", "test"):    # only this config's files exist, so reading another's would fail
+    (tmp_path / "manual" / f"ViteVQA_0.0.2_t1s1{split}.json").rename(
+        tmp_path / "manual" / f"ViteVQA_0.0.2_{tag}{split}.json")
+  b = _build(M4Vitevqa, tmp_path, config=config, manual=tmp_path / "manual")
+  assert {s: b.info.splits[s].num_examples for s in ("train", "validation", "test")} == \
+      {"train": 3, "validation": 3, "test": 3}
   skipped = common.read_skipped(b.data_dir)
   reasons = {s["key"].split("video_id=")[-1] if "video_id=" in s["key"] else "noanswers": s["reason"]
              for s in skipped}
@@ -66,7 +76,7 @@ def test_m4_vitevqa_skips_corrupt_and_missing(tmp_path):
   assert all(s["split"] == "train" for s in skipped)
   src = b.as_data_source("train")
   rows = sorted((src[i] for i in range(len(src))), key=lambda r: r["question_id"])
-  with open(tmp_path / "manual" / "ViteVQA_0.0.2_t1s1train.json") as f:
+  with open(tmp_path / "manual" / f"ViteVQA_0.0.2_{tag}train.json") as f:
     ann = json.load(f)["data"]
   for r, a in zip(rows, ann):
     assert r["question_id"] == a["question_id"] and r["answers"] == [x.encode() for x in a["answers"]]

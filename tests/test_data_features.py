@@ -60,6 +60,13 @@ def test_sft_rows_match_the_rollout_executor(source):
     assert ex["positions"].shape == (3, 512)
     assert ex["loss_mask"][~ex["valid"]].sum() == 0 and ex["loss_mask"].sum() > 10
     traj = json.loads(row["trajectory"])
+    # The loss covers exactly the gold assistant steps (think + call, or think + answer + <|im_end|>), nothing else.
+    want = "".join(f"<think>{st['think']}</think>" + (grammar.action_text(st["action"]) if st["action"] else
+                                                      f"<answer>{st['answer']}</answer><|im_end|>")
+                   for st in traj["steps"])
+    assert tok.decode(ex["tokens"][ex["loss_mask"] > 0]) == want
+    np.testing.assert_array_equal(ex["mm_types"] == 1, ex["tokens"] == tok.image_pad_id)
+    np.testing.assert_array_equal(ex["mm_types"] == 2, ex["tokens"] == tok.video_pad_id)
     src = rf.map(row)["source_frames"]
     r = 0
     for st in traj["steps"]:
