@@ -19,19 +19,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from videor4_jax.data import pipeline
-from videor4_jax.data.features import RlFeaturizer, SftFeaturizer, decode_strings
-from videor4_jax.eval.loop import evaluate, final_segment
+from videor4_jax.data.features import RlFeaturizer, SftFeaturizer
+from videor4_jax.eval.loop import evaluate
 from videor4_jax.model import vlm
 from videor4_jax.model.config import model_config_from_dict
 from videor4_jax.parallel.sharding import batch_sharding, make_mesh, param_shardings
-from videor4_jax.rl import grpo, rewards
 from videor4_jax.rumination.config import RolloutConfig
 from videor4_jax.rumination.env import make_env
-from videor4_jax.rumination.rollout import make_rollout_fn
 from videor4_jax.train import checkpoint as ckpt_lib
+from videor4_jax.train import grpo_stage
 from videor4_jax.train.metrics_writer import MetricsWriter
 from videor4_jax.train.optim import OptimConfig, make_optimizer
-from videor4_jax.train.steps import TrainState, grpo_step, sft_step
+from videor4_jax.train.steps import TrainState, sft_step
 
 STAGE_KINDS = ("sft", "grpo")
 
@@ -79,6 +78,10 @@ class Runner:
   def __init__(self, cfg, workdir: str, source_fn, tok):
     self.cfg, self.workdir, self.tok = cfg, workdir, tok
     self.stages = validate_curriculum(cfg)
+    # Every stage's GRPO, reward and optimizer settings are checked now, before any stage runs.
+    self.gcfg, self.reward_cfgs = grpo_stage.validate(cfg, self.stages)
+    for stage in self.stages:
+      self._optimizer(stage)
     self.config = build_model_config(cfg, tok)
     self.rollout_cfg = RolloutConfig(**cfg.rollout.to_dict())
     self.pcfg = pipeline.PipelineConfig(**cfg.pipeline.to_dict())
@@ -95,12 +98,21 @@ class Runner:
 
   # ---- state ---------------------------------------------------------------------------------------------------
   def _optimizer(self, stage):
+    """The stage's optimizer. Stage `steps` and `warmup_steps` count batches; the schedule counts optimizer
+    updates: batches x grpo.num_inner_steps (GRPO) / grad_accum (optax.MultiSteps averages grad_accum batches)."""
     s = self.cfg.stages[stage]
+    accum = int(s.get("grad_accum", 1))
+    per_batch = int(self.cfg.grpo.get("num_inner_steps", 1)) if s.kind == "grpo" else 1
+    updates = lambda n: -(-n * per_batch // max(accum, 1))
+    total = max(updates(s.steps), 1)
     # A stage shortened from the command line keeps a valid schedule: warmup never exceeds the stage.
-    warmup = min(s.get("warmup_steps", 0), s.steps)
-    return make_optimizer(OptimConfig(lr=s.lr, warmup_steps=warmup, total_steps=max(s.steps, 1),
-                                      clip_norm=self.cfg.clip_norm, weight_decay=self.cfg.weight_decay,
-                                      freeze_vision=bool(s.get("freeze_vision", False))))
+    warmup = min(updates(s.get("warmup_steps", 0)), total)
+    try:
+      return make_optimizer(OptimConfig(lr=s.lr, warmup_steps=warmup, total_steps=total, grad_accum=accum,
+                                        clip_norm=self.cfg.clip_norm, weight_decay=self.cfg.weight_decay,
+                                        freeze_vision=bool(s.get("freeze_vision", False))))
+    except ValueError as e:
+      raise ValueError(f"config.stages.{stage}: {e}") from e
 
   def _init_params(self):
     if self.cfg.get("init_from"):
@@ -143,55 +155,7 @@ class Runner:
     return state
 
   def run_grpo(self, stage, state, start_step):
-    s = self.cfg.stages[stage]
-    g = self.cfg.grpo
-    gcfg = grpo.GRPOConfig(num_generations=g.num_generations, beta=g.beta, eps_low=g.eps_low, eps_high=g.eps_high,
-                           aggregation=g.aggregation, num_inner_steps=g.num_inner_steps, temperature=g.temperature)
-    rcfg = rewards.RewardConfig(**s.rewards.to_dict())
-    roll = make_rollout_fn(self.env, num_generations=gcfg.num_generations, temperature=gcfg.temperature)
-    step_fn = jax.jit(functools.partial(grpo_step, self.config, gcfg))
-    it = self._resume_iter(self._rl_stream(stage), start_step)
-    ref_params = state.params if gcfg.beta > 0 else None    # the stage's starting policy is the KL reference
-    for step in range(start_step, s.steps):
-      t0 = time.time()
-      batch = next(it)
-      inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values_videos", "video_grid_thw",
-                                      "source_frames")}
-      key = jax.random.fold_in(jax.random.key(self.cfg.seed), self.global_step)
-      with jax.set_mesh(self.mesh):
-        traj = roll(state.params, self._shard(inputs), key)
-      host = jax.device_get(traj)
-      rows = host.tokens.shape[0]
-      finals = [final_segment(self.tok.decode(host.tokens[i][host.loss_mask[i] > 0])) for i in range(rows)]
-      golds = [decode_strings(batch["answers"][i // gcfg.num_generations],
-                              int(batch["num_answers"][i // gcfg.num_generations])) for i in range(rows)]
-      errors = np.where(host.actions.called, host.actions.error, 0)
-      acc, fmt, _ = rewards.score_texts(rcfg, finals, golds, errors)
-      n_actions = jnp.asarray(host.actions.called.sum(1))
-      terms = rewards.total_reward(rcfg, acc_b=acc, fmt_b=fmt, region_feats=traj.region_feats,
-                                   region_mask=traj.region_mask, video_feats=traj.video_feats,
-                                   last_clip=traj.last_clip_groups, num_actions_b=n_actions,
-                                   group_size=gcfg.num_generations)
-      adv = grpo.group_advantages(terms["total"], gcfg.num_generations, std_normalize=gcfg.std_normalize,
-                                  eps=gcfg.adv_eps)
-      b = dict(tokens=traj.tokens, positions=traj.positions, valid=traj.valid, mm_types=traj.mm_types,
-               loss_mask=traj.loss_mask * ~traj.forced, video_pixels=traj.video_pixels, video_grid=traj.video_grid,
-               obs_pixels=traj.obs_pixels, obs_grid=traj.obs_grid, logp=traj.logp, advantages=adv)
-      for _ in range(gcfg.num_inner_steps):
-        with jax.set_mesh(self.mesh):
-          state, m = step_fn(state, b, ref_params)
-      m = {k: float(v) for k, v in jax.device_get(m).items()}
-      self._warn_if_skipped(stage, step, m)
-      m.update({f"reward/{k}": float(jnp.mean(v)) for k, v in terms.items()})
-      called = host.actions.called
-      m.update(rumination_rate=float((called.sum(1) > 0).mean()), actions_per_rollout=float(called.sum(1).mean()),
-               invalid_action_rate=float((errors != 0).sum() / max(called.sum(), 1)),
-               tokens_per_s=float(host.num_generated.sum()) / max(time.time() - t0, 1e-6))
-      if step % self.cfg.log_every == 0 or step == s.steps - 1:
-        self.writer.write(self.global_step, m, prefix=f"{stage}/")
-      self.global_step += 1
-      self._maybe_save(stage, step + 1, state, it)
-    return state
+    return grpo_stage.run_grpo(self, stage, state, start_step)
 
   def _check_divisible(self):
     n = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
@@ -268,10 +232,17 @@ class Runner:
     params = jax.device_put(self._init_params(), self.param_shardings)
     self.global_step = 0
     stage_i, start_step = 0, 0
-    opt0 = self._optimizer(self.stages[0])
-    abstract = ckpt_lib.abstract_like({"params": params, "opt_state": opt0.init(params), "step": jnp.int32(0)})
-    restored = self.ckpt.restore_latest(abstract)
-    state = self._place(TrainState.create(params, opt0))
+
+    def target(meta):     # the saved stage's optimizer decides the tree (e.g. freeze_vision adds a masked state)
+      if meta.get("stage") not in self.stages:
+        raise ckpt_lib.CheckpointMismatch(
+            f"checkpoint meta {meta} names stage {meta.get('stage')!r}, which is not in config.curriculum "
+            f"{self.stages}: resume with the curriculum the run was started with, or start a new workdir")
+      tx = self._optimizer(meta["stage"])
+      return ckpt_lib.abstract_like({"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)})
+
+    restored = self.ckpt.restore_latest(target)
+    state = None
     self._resume_ckpt_step = None
     if restored is not None:
       self._resume_ckpt_step, saved, meta, _ = restored
@@ -285,7 +256,7 @@ class Runner:
     for i in range(stage_i, len(self.stages)):
       stage = self.stages[i]
       if i != stage_i or restored is None:
-        state = self._place(TrainState.create(state.params, self._optimizer(stage)))
+        state = self._place(TrainState.create(params if state is None else state.params, self._optimizer(stage)))
         start_step = 0 if i != stage_i else start_step
       kind = self.cfg.stages[stage].kind
       print(f"=== stage {i + 1}/{len(self.stages)}: {stage} ({kind}, {self.cfg.stages[stage].steps} steps)", flush=True)

@@ -1,0 +1,120 @@
+"""The GRPO stage of the curriculum: config validation, the KL reference, and the rollout -> reward -> update loop.
+
+One iteration: roll out G generations per prompt with the current policy, score them (Video-R4 rewards), form
+group advantages, then take `num_inner_steps` GRPO updates on that batch. The KL reference is the policy at the
+start of the stage (a frozen copy); it is written once when the stage starts so a resumed run uses the same one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from videor4_jax.data.features import decode_strings
+from videor4_jax.eval.loop import final_segment
+from videor4_jax.rl import grpo, rewards
+from videor4_jax.rumination.rollout import make_rollout_fn
+from videor4_jax.train import checkpoint as ckpt_lib
+from videor4_jax.train.steps import grpo_step
+
+
+def _dataclass_from(cls, d: dict, where: str):
+  """`cls(**d)` with errors that name the config field; absent keys keep the dataclass defaults."""
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(d) - fields)
+  if unknown:
+    raise ValueError(f"config.{where}: unknown field(s) {unknown}; known fields: {sorted(fields)}")
+  try:
+    return cls(**d)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"config.{where}: {e}") from e
+
+
+def grpo_config(cfg) -> grpo.GRPOConfig:
+  return _dataclass_from(grpo.GRPOConfig, cfg.grpo.to_dict(), "grpo")
+
+
+def reward_config(cfg, stage: str) -> rewards.RewardConfig:
+  r = cfg.stages[stage].get("rewards")
+  return _dataclass_from(rewards.RewardConfig, r.to_dict() if r is not None else {}, f"stages.{stage}.rewards")
+
+
+def validate(cfg, stages):
+  """(GRPOConfig, {stage: RewardConfig}) for the curriculum's GRPO stages; raises ValueError naming the field."""
+  rl = [s for s in stages if cfg.stages[s].kind == "grpo"]
+  if not rl:
+    return None, {}
+  return grpo_config(cfg), {s: reward_config(cfg, s) for s in rl}
+
+
+def kl_reference(runner, stage: str, state, start_step: int):
+  """The stage's starting policy. Saved when the stage starts, restored when it resumes mid-way: taking the
+  resumed policy instead would change the KL term (and every later step) of a resumed run."""
+  if runner.gcfg.beta == 0:
+    return None
+  path = os.path.join(runner.workdir, "kl_reference", stage)
+  if start_step == 0:
+    ckpt_lib.save_tree(path, state.params)
+    return state.params
+  try:
+    return ckpt_lib.restore_tree(path, ckpt_lib.abstract_like(state.params, runner.param_shardings))
+  except FileNotFoundError as e:
+    raise FileNotFoundError(
+        f"{e}: resuming stage {stage!r} at step {start_step} with grpo.beta={runner.gcfg.beta} needs the KL reference "
+        f"(the policy at the start of the stage), written when the stage started. Resume with the code and config "
+        f"that wrote the checkpoint, or start the run in a new workdir") from None
+
+
+def run_grpo(runner, stage: str, state, start_step: int):
+  cfg, gcfg, rcfg = runner.cfg, runner.gcfg, runner.reward_cfgs[stage]
+  G = gcfg.num_generations
+  s = cfg.stages[stage]
+  roll = make_rollout_fn(runner.env, num_generations=G, temperature=gcfg.temperature)
+  step_fn = jax.jit(functools.partial(grpo_step, runner.config, gcfg))
+  it = runner._resume_iter(runner._rl_stream(stage), start_step)
+  ref_params = kl_reference(runner, stage, state, start_step)
+  for step in range(start_step, s.steps):
+    t0 = time.time()
+    batch = next(it)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values_videos", "video_grid_thw",
+                                    "source_frames")}
+    key = jax.random.fold_in(jax.random.key(cfg.seed), runner.global_step)
+    with jax.set_mesh(runner.mesh):
+      traj = roll(state.params, runner._shard(inputs), key)
+    host = jax.device_get(traj)
+    rows = host.tokens.shape[0]
+    finals = [final_segment(runner.tok.decode(host.tokens[i][host.loss_mask[i] > 0])) for i in range(rows)]
+    golds = [decode_strings(batch["answers"][i // G], int(batch["num_answers"][i // G])) for i in range(rows)]
+    errors = np.where(host.actions.called, host.actions.error, 0)
+    acc, fmt, _ = rewards.score_texts(rcfg, finals, golds, errors)
+    n_actions = jnp.asarray(host.actions.called.sum(1))
+    terms = rewards.total_reward(rcfg, acc_b=acc, fmt_b=fmt, region_feats=traj.region_feats,
+                                 region_mask=traj.region_mask, video_feats=traj.video_feats,
+                                 last_clip=traj.last_clip_groups, num_actions_b=n_actions, group_size=G)
+    adv = grpo.group_advantages(terms["total"], G, std_normalize=gcfg.std_normalize, eps=gcfg.adv_eps)
+    zero_var = grpo.zero_variance_groups(terms["total"], G)
+    b = dict(tokens=traj.tokens, positions=traj.positions, valid=traj.valid, mm_types=traj.mm_types,
+             loss_mask=traj.loss_mask * ~traj.forced, video_pixels=traj.video_pixels, video_grid=traj.video_grid,
+             obs_pixels=traj.obs_pixels, obs_grid=traj.obs_grid, logp=traj.logp, advantages=adv, keep=~zero_var)
+    for _ in range(gcfg.num_inner_steps):
+      with jax.set_mesh(runner.mesh):
+        state, m = step_fn(state, b, ref_params)
+      # Each inner step can be skipped (non-finite loss); warn per update, log the last one.
+      runner._warn_if_skipped(stage, step, jax.device_get(m))
+    m = {k: float(v) for k, v in jax.device_get(m).items()}
+    m.update({f"reward/{k}": float(jnp.mean(v)) for k, v in terms.items()})
+    called = host.actions.called
+    m.update(rumination_rate=float((called.sum(1) > 0).mean()), actions_per_rollout=float(called.sum(1).mean()),
+             invalid_action_rate=float((errors != 0).sum() / max(called.sum(), 1)),
+             zero_variance_frac=float(np.mean(np.asarray(zero_var))),
+             tokens_per_s=float(host.num_generated.sum()) / max(time.time() - t0, 1e-6))
+    if step % cfg.log_every == 0 or step == s.steps - 1:
+      runner.writer.write(runner.global_step, m, prefix=f"{stage}/")
+    runner.global_step += 1
+    runner._maybe_save(stage, step + 1, state, it)
+  return state
