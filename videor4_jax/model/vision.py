@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from videor4_jax.model.config import ModelConfig
 from videor4_jax.model.layers import RMSNorm, SwiGLU, apply_rotary, dense, masked_attention
+from videor4_jax.model.text import _remat
 
 
 def patch_coordinates(grid_thw, num_patches: int, merge: int):
@@ -112,11 +113,14 @@ class VisionTower(nn.Module):
               name="patch_embed")(pixel_values.astype(dtype))
     consts = vision_masks(c, grid_thw, n)
     is_full = jnp.isin(jnp.arange(v.depth), jnp.asarray(v.fullatt_block_indexes, jnp.int32))
+    # config.remat covers the vision blocks too: without it a train step keeps every block's [N, N] masked
+    # attention for the backward pass (the 7B GRPO step needed ~180 GB per chip; bench/tpu_aot.py).
+    block_cls = _remat(VisionBlock, c.remat)
     if c.scan_layers:
-      stack = nn.scan(VisionBlock, variable_axes={"params": 0}, split_rngs={"params": True},
+      stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                       in_axes=(0, nn.broadcast), length=v.depth, metadata_params={nn.PARTITION_NAME: "layers"})
       x, _ = stack(c, name="blocks")(x, is_full, consts)
     else:
       for i in range(v.depth):
-        x, _ = VisionBlock(c, name=f"blocks_{i}")(x, is_full[i], consts)
+        x, _ = block_cls(c, name=f"blocks_{i}")(x, is_full[i], consts)
     return PatchMerger(c, name="merger")(x)
