@@ -102,7 +102,19 @@ def setup():
   return make_setup()
 
 
-@pytest.mark.parametrize("greedy,seed", [(True, 0), (True, 3), (False, 0)])
+@pytest.fixture(scope="module")
+def rollout2(setup):
+  """One jitted rollout (2 generations per prompt) shared by the tests below, so that it compiles once."""
+  return make_rollout_fn(setup[3], num_generations=2)
+
+
+# What each case must exercise (1 = crop, 2 = clip executed without error). With these random weights greedy
+# decoding writes degenerate boxes, so greedy crops end in error observations (seed 14); executed crops come from the
+# sampled case.
+MUST = {(True, 0): ({2}, False), (True, 14): ({2}, True), (False, 0): ({1, 2}, True)}
+
+
+@pytest.mark.parametrize("greedy,seed", list(MUST))
 def test_rollout_equals_plain_reference_loop(greedy, seed):
   tok, config, params, env = make_setup(seed=seed)
   rows = 3 if greedy else 4
@@ -112,16 +124,18 @@ def test_rollout_equals_plain_reference_loop(greedy, seed):
   ref = reference_rollout(tok, config, params, env, prompts, key, greedy=greedy)
   for b in range(rows):
     assert _generated(traj, b) == ref[b], f"row {b}"
-  ok = np.asarray(traj.actions.called) & (np.asarray(traj.actions.error) == 0)
-  kinds = set(np.asarray(traj.actions.kind)[ok].tolist())
-  if not greedy:   # the sampled run exercises executed crops, executed clips and error observations
-    assert {1, 2} <= kinds and (np.asarray(traj.actions.error) != 0).any(), kinds
+  called, err = np.asarray(traj.actions.called), np.asarray(traj.actions.error)
+  kinds = set(np.asarray(traj.actions.kind)[called & (err == 0)].tolist())
+  must_kinds, must_error = MUST[(greedy, seed)]
+  assert must_kinds <= kinds, kinds
+  if must_error:   # some action ended in an error observation
+    assert (err[called] != 0).any()
 
 
-def test_recorded_logprobs_equal_teacher_forced(setup):
+def test_recorded_logprobs_equal_teacher_forced(setup, rollout2):
   tok, config, params, env = setup
   prompts = make_prompts(tok, config, 4, seed=1)
-  traj = make_rollout_fn(env, num_generations=2)(params, prompts, jax.random.key(1))
+  traj = rollout2(params, prompts, jax.random.key(1))
   batch = dict(tokens=traj.tokens, positions=traj.positions, valid=traj.valid, mm_types=traj.mm_types,
                video_pixels=traj.video_pixels, video_grid=traj.video_grid, obs_pixels=traj.obs_pixels,
                obs_grid=traj.obs_grid)
@@ -131,24 +145,37 @@ def test_recorded_logprobs_equal_teacher_forced(setup):
   m = np.asarray(traj.loss_mask[:, 1:]) > 0
   assert m.sum() > 50
   tf, rec = np.asarray(tf)[m], np.asarray(traj.logp[:, 1:])[m]
-  # fp32: measured max |diff| 1.1e-5 at logp = -45.4 (a grammar-forced, very unlikely token); 2.5e-7 relative.
-  np.testing.assert_allclose(tf, rec, rtol=1e-6, atol=1e-5)
+  d = np.abs(tf - rec)
+  likely = rec > -20.0
+  print(f"rollout logp vs teacher-forced: max|diff|={d.max():.2e} at logp {rec[d.argmax()]:.1f}; "
+        f"on logp > -20: max|diff|={d[likely].max():.2e} ({likely.sum()} of {len(d)} tokens); "
+        f"max relative {(d / np.abs(tf).clip(1e-3)).max():.1e}")
+  assert likely.sum() > 50
+  # The literal 1e-5 on every token the policy could plausibly sample; grammar-forced tokens can have a full-softmax
+  # logp far below that, where fp32 rounding scales with |logp|: 1e-6 relative there. Measured (fp32, CPU): max
+  # 4.8e-6 on logp > -20; 1.14e-5 overall, at logp -60 (1.9e-7 relative).
+  assert d[likely].max() <= 1e-5
+  np.testing.assert_allclose(tf[~likely], rec[~likely], rtol=1e-6, atol=0)
   assert np.all(np.isfinite(np.asarray(traj.logp)))
 
 
-def test_invalid_actions_give_error_observations_and_rows_go_on(setup):
+def test_invalid_actions_give_error_observations_and_rows_go_on(setup, rollout2):
   tok, config, params, env = setup
   prompts = make_prompts(tok, config, 4, seed=2)
-  traj = make_rollout_fn(env, num_generations=2)(params, prompts, jax.random.key(2))
+  traj = rollout2(params, prompts, jax.random.key(2))
   err = np.asarray(traj.actions.error)
   called = np.asarray(traj.actions.called)
   assert (err[called] != 0).any() and (err[called] == 0).any()
-  b, r = np.argwhere(called & (err != 0))[0]
+  rr = np.arange(err.shape[1])[None] + 1 < env.rollout.max_steps
+  b, r = np.argwhere(called & (err != 0) & rr)[0]      # an error before the last step, so the row can go on
   assert not bool(traj.obs_valid[b, r]) and int(traj.obs_grid[b, r, 0]) == 0
   text = tok.decode(np.asarray(traj.tokens[b])[np.asarray(traj.valid[b])])
   assert "Error: " + grammar.ERROR_MESSAGES[grammar.ActionError(int(err[b, r]))] in text
-  if r + 1 < env.rollout.max_steps:
-    assert bool(called[b, r + 1]) or bool(traj.answered[b]) or int(traj.num_generated[b]) > 0
+  # The row goes on: it generated tokens (loss mask 1) after the error observation's last slot.
+  obs = chat.observation_ids(tok, int(err[b, r]), 0, chat.IMAGE)[0]
+  toks = np.asarray(traj.tokens[b]).tolist()
+  end = next(j + len(obs) for j in range(len(toks)) if toks[j:j + len(obs)] == obs)
+  assert np.asarray(traj.loss_mask[b, end:]).sum() > 0
   for leaf in jax.tree.leaves(traj):
     if jnp.issubdtype(leaf.dtype, jnp.floating):
       assert np.all(np.isfinite(np.asarray(leaf)))
@@ -185,13 +212,13 @@ def test_compiled_graph_does_not_grow_with_steps(setup):
   assert sizes[8] / sizes[2] < 1.02
 
 
-def test_sharded_rollout_equals_single_device(setup):
+def test_sharded_rollout_equals_single_device(setup, rollout2):
   """Batch over (data, fsdp), weights by the logical rules, on the 8-device CPU mesh."""
   from jax.sharding import NamedSharding, PartitionSpec as P
   from videor4_jax.parallel.sharding import make_mesh, param_shardings
   tok, config, params, env = setup
   prompts = make_prompts(tok, config, 4, seed=4)
-  fn = make_rollout_fn(env, num_generations=2)
+  fn = rollout2
   ref = fn(params, prompts, jax.random.key(4))
   mesh = make_mesh((2, 2, 2))
   sp = jax.device_put(params, param_shardings(config, mesh))
@@ -199,15 +226,20 @@ def test_sharded_rollout_equals_single_device(setup):
   with jax.set_mesh(mesh):
     got = fn(sp, batch_sharded, jax.random.key(4))
   np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(ref.tokens))
-  np.testing.assert_allclose(np.asarray(got.logp), np.asarray(ref.logp), atol=1e-5, rtol=1e-6)
+  a, b = np.asarray(got.logp), np.asarray(ref.logp)
+  d = np.abs(a - b)
+  print(f"sharded rollout logp vs single device: max|diff|={d.max():.2e} at logp {b.flat[d.argmax()]:.1f}, "
+        f"max relative {(d / np.abs(b).clip(1e-3)).max():.1e}")
+  # Tensor-parallel matmuls reorder fp32 sums: measured 2.7e-5 at logp -15.0 (1.8e-6 relative), so a relative term.
+  np.testing.assert_allclose(a, b, atol=1e-5, rtol=3e-6)
 
 
-def test_observation_positions_equal_rope_index_over_the_full_conversation(setup):
+def test_observation_positions_equal_rope_index_over_the_full_conversation(setup, rollout2):
   """Positions the rollout gave to its appended observation chunks (from each row's counter) equal
   get_rope_index over the finished conversation."""
   tok, config, params, env = setup
   prompts = make_prompts(tok, config, 4, seed=0)
-  traj = make_rollout_fn(env, num_generations=2)(params, prompts, jax.random.key(0))
+  traj = rollout2(params, prompts, jax.random.key(0))
   checked_vision = 0
   for b in range(8):
     v = np.asarray(traj.valid[b])
@@ -225,3 +257,28 @@ def test_observation_positions_equal_rope_index_over_the_full_conversation(setup
     np.testing.assert_array_equal(np.asarray(traj.positions[:, b])[:, v], ref[:, 0])
     checked_vision += len(items) - 1
   assert checked_vision > 0
+
+
+def test_pooled_features_are_mean_vision_embeddings(setup, rollout2):
+  """region_feats[b, r] is the mean vision-tower embedding of step r's crop (over its valid tokens), video_feats
+  the mean over each temporal group of the global view: recomputed here from the recorded pixels, unpadded."""
+  tok, config, params, env = setup
+  prompts = make_prompts(tok, config, 4, seed=1)
+  traj = rollout2(params, prompts, jax.random.key(1))
+  encode = jax.jit(lambda px, g: vlm.encode_vision(config, params, px, g[None]))
+  called, err, kind = (np.asarray(x) for x in (traj.actions.called, traj.actions.error, traj.actions.kind))
+  mask = np.asarray(traj.region_mask)
+  np.testing.assert_array_equal(mask, called & (err == 0) & (kind == 1))
+  assert mask.any()
+  worst = 0.0
+  for b, r in np.argwhere(mask):
+    g = np.asarray(traj.obs_grid[b, r])
+    ref = np.asarray(encode(np.asarray(traj.obs_pixels[b, r])[:int(g.prod())], g)).mean(0)
+    worst = max(worst, np.abs(np.asarray(traj.region_feats[b, r]) - ref).max())
+  for b in range(traj.tokens.shape[0]):
+    g = np.asarray(traj.video_grid[b])
+    emb = np.asarray(encode(np.asarray(traj.video_pixels[b])[:int(g.prod())], g))
+    ref = emb.reshape(int(g[0]), -1, emb.shape[-1]).mean(1)
+    worst = max(worst, np.abs(np.asarray(traj.video_feats[b]) - ref).max())
+  print(f"pooled features vs recomputed: max|diff|={worst:.2e}")
+  assert worst <= 1e-5
