@@ -154,3 +154,70 @@ def test_frozen_vision_tower_gets_no_update():
   moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), new.params["params"]["decoder"],
                        params["params"]["decoder"])
   assert all(jax.tree.leaves(moved))
+
+
+@functools.lru_cache(maxsize=None)
+def _grpo_wiring_setup():
+  """A 4-row GRPO batch (2 groups of 2) and the jitted steps of two Dr. GRPO configs (compiled once per module)."""
+  tok, config, params, env = make_setup()
+  batch, traj = sft_batch(tok, config, env, n=4)
+  gbatch = dict(batch, loss_mask=batch["loss_mask"] * ~traj.forced, advantages=jnp.asarray([1.0, -1.0, 0.5, -0.5]),
+                logp=batch["logp"] - 0.01, keep=jnp.ones((4,), bool))
+  S = int(batch["tokens"].shape[1])
+  base = grpo.GRPOConfig(num_generations=2, beta=0.04, aggregation="dr_grpo", filter_zero_variance=True)
+  import dataclasses
+  steps = {name: jax.jit(functools.partial(grpo_step, config, g)) for name, g in
+           (("max_len_0", base), ("max_len_2S", dataclasses.replace(base, max_len=2 * S)))}
+  return config, params, gbatch, steps
+
+
+def test_grpo_nan_loss_is_skipped():
+  import optax
+  _, params, gbatch, steps = _grpo_wiring_setup()
+  state = TrainState.create(params, optax.sgd(1.0))
+  new, m = steps["max_len_0"](state, dict(gbatch, advantages=gbatch["advantages"].at[1].set(jnp.nan)), params)
+  assert not np.isfinite(float(m["loss"])) and int(m["skipped"]) == 1 and int(new.step) == 0
+  jax.tree.map(np.testing.assert_array_equal, new.params, state.params)
+  new, m = steps["max_len_0"](state, gbatch, params)                  # the same step with finite inputs trains
+  assert int(m["skipped"]) == 0 and int(new.step) == 1
+
+
+def test_grpo_step_uses_max_len_and_zero_variance_mask():
+  """Dr. GRPO's max_len reaches the loss (max_len = 2S halves loss and update); rows with keep=False (zero-variance
+  groups) carry no weight: with none kept the loss and the update are exactly 0."""
+  import optax
+  _, params, gbatch, steps = _grpo_wiring_setup()
+  state = TrainState.create(params, optax.sgd(1.0))
+  s1, m1 = steps["max_len_0"](state, gbatch, params)
+  s2, m2 = steps["max_len_2S"](state, gbatch, params)
+  assert float(m1["loss"]) != 0
+  np.testing.assert_allclose(float(m2["loss"]), 0.5 * float(m1["loss"]), rtol=1e-6)
+  np.testing.assert_allclose(float(m2["grad_norm"]), 0.5 * float(m1["grad_norm"]), rtol=1e-5)
+  s0, m0 = steps["max_len_0"](state, dict(gbatch, keep=jnp.zeros((4,), bool)), params)
+  assert float(m0["loss"]) == 0 and float(m0["grad_norm"]) == 0
+  jax.tree.map(np.testing.assert_array_equal, s0.params, params)
+
+
+def test_grad_accum_two_half_batches_equal_one_full_batch():
+  """optax.MultiSteps(sgd, 2) (what OptimConfig.grad_accum=2 wraps) over rows 0-1 then rows 2-3 moves the params
+  as one sgd step on all 4 rows (Dr. GRPO: the loss is a sum over rows / (B max_len), so the mean of the two
+  half-batch gradients is the full-batch gradient); after the first half nothing has moved yet."""
+  import optax
+  config, params, gbatch, steps = _grpo_wiring_setup()
+  full, _ = steps["max_len_0"](TrainState.create(params, optax.sgd(1.0)), gbatch, params)
+  gcfg = grpo.GRPOConfig(num_generations=2, beta=0.04, aggregation="dr_grpo", filter_zero_variance=True)
+  step = jax.jit(functools.partial(grpo_step, config, gcfg))
+  half = lambda lo: {k: (v[:, lo:lo + 2] if k == "positions" else v[lo:lo + 2]) for k, v in gbatch.items()}
+  acc = TrainState.create(params, optax.MultiSteps(optax.sgd(1.0), 2))
+  acc, _ = step(acc, half(0), params)
+  jax.tree.map(np.testing.assert_array_equal, acc.params, params)
+  acc, _ = step(acc, half(2), params)
+
+  def close(path, got, want, p0):
+    d_got, d_want = np.asarray(p0) - np.asarray(got), np.asarray(p0) - np.asarray(want)
+    # fp32 sums in another order, and param deltas resolved only to the ulp of the params themselves.
+    tol = 1e-4 * np.abs(d_want).max() + 4 * np.finfo(np.float32).eps * np.abs(np.asarray(p0)).max()
+    assert np.abs(d_got - d_want).max() <= tol, (jax.tree_util.keystr(path), np.abs(d_got - d_want).max(), tol)
+  jax.tree_util.tree_map_with_path(close, acc.params, full.params, params)
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), acc.params, params))
+  assert sum(moved) > len(moved) // 2
