@@ -37,18 +37,27 @@ def test_eval_cli_writes_documented_results(checkpoint, mode, tmp_path):
   out = tmp_path / "results.json"
   flags = [f"--config.data.{k}={cfg.data[k]}" for k in ("data_dir", "num_train", "num_validation", "num_test")]
   flags += [f"--config.rollout.{k}={cfg.rollout[k]}" for k in ("max_steps", "max_step_tokens", "cache_len")]
+  n = 4 if mode == "rumination" else 3       # single_pass also checks --num_examples (first N questions)
   cmd = [sys.executable, "eval.py", "--checkpoint", ckpt, "--split", "test", "--mode", mode, "--output", str(out),
-         "--config.eval.batch_size=4", "--trace_dir", str(tmp_path / "trace"), "--num_traces", "2", *flags]
+         "--config.eval.batch_size=4", "--trace_dir", str(tmp_path / "trace"), "--num_traces", "2",
+         "--num_examples", str(n), *flags]
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=os.getcwd())
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "accuracy" in proc.stdout and mode in proc.stdout                       # the summary table
   res = json.loads(out.read_text())
   s, qs = res["summary"], res["questions"]
-  assert set(s) == SUMMARY_KEYS and s["mode"] == mode and s["num_questions"] == len(qs) == 4
+  assert set(s) == SUMMARY_KEYS and s["mode"] == mode and s["num_questions"] == len(qs) == n
   assert all(set(q) == QUESTION_KEYS and isinstance(q["golds"], list) and q["golds"] for q in qs)
-  assert s["accuracy"] == pytest.approx(sum(q["accuracy"] for q in qs) / 4)
-  assert s["anls"] == pytest.approx(sum(q["anls"] for q in qs) / 4)
-  assert s["actions_per_question"] == pytest.approx(sum(len(q["actions"]) for q in qs) / 4)
+  assert s["accuracy"] == pytest.approx(sum(q["accuracy"] for q in qs) / n)
+  assert s["anls"] == pytest.approx(sum(q["anls"] for q in qs) / n)
+  assert s["actions_per_question"] == pytest.approx(sum(len(q["actions"]) for q in qs) / n)
+  for a in (a for q in qs for a in q["actions"]):
+    keys = {"crop": {"name", "error", "frame", "bbox_2d"}, "clip": {"name", "error", "frames"}}.get(a["name"],
+                                                                                                    {"name", "error"})
+    assert set(a) == keys, a
+  # --num_traces 2: the trace page holds exactly the first two questions.
+  assert sorted(f for f in os.listdir(tmp_path / "trace") if f.endswith("_global.png")) == \
+      ["q0_global.png", "q1_global.png"]
   if mode == "single_pass":
     assert s["rumination_rate"] == 0 and all(q["actions"] == [] for q in qs)
     assert all(q["text"].startswith("<think></think><answer>") for q in qs)
