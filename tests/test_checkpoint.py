@@ -1,5 +1,7 @@
 """Checkpoint round trip, keep-N, fallback from a corrupt latest step, restore onto other meshes, grain resume."""
+import logging
 import os
+import shutil
 
 import grain
 import jax
@@ -16,7 +18,7 @@ def _state(seed=0):
   return {"params": {"w": jax.random.normal(k, (8, 16)), "b": jnp.arange(16.0)}, "step": jnp.int32(seed)}
 
 
-def test_round_trip_keep_n_and_corrupt_fallback(tmp_path):
+def test_round_trip_keep_n_and_corrupt_fallback(tmp_path, caplog):
   ck = Checkpointer(str(tmp_path), keep=2)
   for s in (1, 2, 3):
     ck.save(s, _state(s), {"stage": "drp_sft", "step_in_stage": s})
@@ -31,9 +33,45 @@ def test_round_trip_keep_n_and_corrupt_fallback(tmp_path):
       p = os.path.join(root, f)
       with open(p, "r+b") as fh:
         fh.truncate(max(0, os.path.getsize(p) // 3))
-  step, state, _, _ = Checkpointer(str(tmp_path), keep=2).restore_latest(abstract_like(_state()))
+  with caplog.at_level(logging.WARNING, logger="videor4_jax.train.checkpoint"):
+    step, state, _, _ = Checkpointer(str(tmp_path), keep=2).restore_latest(abstract_like(_state()))
   assert step == 2
   jax.tree.map(np.testing.assert_array_equal, state, _state(2))
+  warned = [r.getMessage() for r in caplog.records if r.name == "videor4_jax.train.checkpoint"]
+  assert any(f"checkpoint {tmp_path}/3 is unreadable" in m and "falling back" in m for m in warned), warned
+
+
+def test_unfinalized_newest_step_is_ignored_with_a_message(tmp_path, caplog):
+  """A save killed midway leaves `<step>.orbax-checkpoint-tmp-<time>` with partial files (Orbax renames it to
+  `<step>` only when complete): restore takes the last complete step and the warning names the directory and
+  the step that was lost."""
+  ck = Checkpointer(str(tmp_path), keep=3)
+  for s in (1, 2):
+    ck.save(s, _state(s), {"stage": "rl_d", "step_in_stage": s})
+  ck.wait()
+  # What a kill during the save of step 3 leaves: step 2's layout, the array metadata not yet written and one
+  # data file cut short.
+  tmp = tmp_path / "3.orbax-checkpoint-tmp-1764000000123456"
+  shutil.copytree(tmp_path / "2", tmp)
+  os.remove(tmp / "state" / "_METADATA")
+  data = sorted(p for p in (tmp / "state").rglob("*") if p.is_file() and p.parent.name == "d")
+  data[0].write_bytes(data[0].read_bytes()[:7])
+  with caplog.at_level(logging.WARNING, logger="videor4_jax.train.checkpoint"):
+    step, state, meta, _ = Checkpointer(str(tmp_path), keep=3).restore_latest(abstract_like(_state()))
+  assert step == 2 and meta == {"stage": "rl_d", "step_in_stage": 2}
+  jax.tree.map(np.testing.assert_array_equal, state, _state(2))
+  warned = [r.getMessage() for r in caplog.records if r.name == "videor4_jax.train.checkpoint"]
+  assert len(warned) == 1, warned
+  assert f"checkpoint {tmp_path}/3 was never finalized" in warned[0]
+  assert str(tmp) in warned[0] and "newest finalized step is 2" in warned[0]
+  # A later complete save of step 3 supersedes the leftover: no warning any more.
+  ck = Checkpointer(str(tmp_path), keep=3)
+  ck.save(3, _state(3), {"stage": "rl_d", "step_in_stage": 3})
+  ck.wait()
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="videor4_jax.train.checkpoint"):
+    assert Checkpointer(str(tmp_path), keep=3).restore_latest(abstract_like(_state()))[0] == 3
+  assert not [r for r in caplog.records if r.name == "videor4_jax.train.checkpoint"]
 
 
 def test_restore_onto_other_mesh_shapes(tmp_path):

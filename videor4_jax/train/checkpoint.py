@@ -65,6 +65,7 @@ class Checkpointer:
     its optimizer). Unreadable steps are skipped with a warning; a tree mismatch raises `CheckpointMismatch`.
     """
     self.manager.reload()
+    self._warn_unfinalized()
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         meta = self.read_meta(step)
@@ -88,6 +89,17 @@ class Checkpointer:
     with ocp.StandardCheckpointer() as reader:
       md = reader.metadata(os.path.join(self.directory, str(step), "state"))
     return ocp.tree.to_flat_dict(md.item_metadata.tree)
+
+  def _warn_unfinalized(self):
+    """Orbax writes step N to `N.orbax-checkpoint-tmp-<time>` and renames it when complete; such a directory left
+    over is a save that was interrupted (killed, out of disk). Orbax ignores it silently; we say so."""
+    newest = max(self.manager.all_steps(), default=-1)
+    for name in sorted(os.listdir(self.directory)):
+      head, sep, _ = name.partition(ocp.utils.TMP_DIR_SUFFIX)
+      if sep and head.isdigit() and int(head) > newest:     # older leftovers were superseded by a later save
+        log.warning("checkpoint %s/%s was never finalized (an interrupted save left %s/%s); ignoring it, the "
+                    "newest finalized step is %s", self.directory, head, self.directory, name,
+                    newest if newest >= 0 else "none (starting over)")
 
   def _warn_unreadable(self, step, e):
     log.warning("checkpoint %s/%d is unreadable (%s: %s); falling back to an older one", self.directory, step,
