@@ -51,19 +51,37 @@ def test_huge_resolution_video_is_resized_to_the_static_views():
   assert v["source_frames"].shape == (4, 56, 56, 3) and v["global_frames"].shape == (4, 28, 28, 3)
 
 
-def test_grayscale_and_alpha_frames_become_rgb(tmp_path):
-  for fmt, pix in (("gray", "gray"), ("rgba", "rgba")):
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mov") as out:
-      s = out.add_stream("png", rate=2)
-      s.width, s.height, s.pix_fmt = 48, 32, pix
-      ch = 1 if fmt == "gray" else 4
-      for f in _frames(3)[..., :1].repeat(ch, -1) if ch == 1 else np.concatenate([_frames(3), _frames(3)[..., :1]], -1):
-        frame = av.VideoFrame.from_ndarray(f[..., 0] if ch == 1 else f, format=pix)
-        out.mux(s.encode(frame))
-      out.mux(s.encode())
-    v = load_video(buf.getvalue(), name=f"{fmt}.mov", **VIEWS)
-    assert v["source_frames"].shape == (4, 56, 56, 3) and v["source_frames"].dtype == np.uint8
+def _png_mov(frames, pix_fmt) -> bytes:
+  """A lossless (PNG-in-MOV) video in `pix_fmt`: gray frames [F, H, W], rgba / rgb24 frames [F, H, W, C]."""
+  buf = io.BytesIO()
+  with av.open(buf, "w", format="mov") as out:
+    s = out.add_stream("png", rate=2)
+    s.height, s.width, s.pix_fmt = frames.shape[1], frames.shape[2], pix_fmt
+    for f in frames:
+      out.mux(s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format=pix_fmt)))
+    out.mux(s.encode())
+  return buf.getvalue()
+
+
+def test_grayscale_frames_become_rgb_with_equal_channels():
+  gray = _frames(3)[..., 0]
+  v = load_video(_png_mov(gray, "gray"), name="gray.mov", **VIEWS)
+  src = v["source_frames"]
+  assert src.shape == (4, 56, 56, 3) and src.dtype == np.uint8
+  np.testing.assert_array_equal(src[..., 0], src[..., 1])       # a gray pixel is (y, y, y)
+  np.testing.assert_array_equal(src[..., 0], src[..., 2])
+  assert src.std() > 20                                          # the picture survived (not a blank frame)
+
+
+def test_alpha_frames_drop_the_alpha_channel():
+  rgb = _frames(3)
+  alpha = np.random.default_rng(5).integers(0, 255, rgb.shape[:3] + (1,), dtype=np.uint8)
+  v = load_video(_png_mov(np.concatenate([rgb, alpha], -1), "rgba"), name="alpha.mov", **VIEWS)
+  want = load_video(_png_mov(rgb, "rgb24"), name="rgb.mov", **VIEWS)
+  assert v["source_frames"].shape == (4, 56, 56, 3)
+  # The same pixels as the video without alpha: the alpha is dropped, not blended into the colours.
+  np.testing.assert_array_equal(v["source_frames"], want["source_frames"])
+  np.testing.assert_array_equal(v["global_frames"], want["global_frames"])
 
 
 # ---- annotations and SFT data ---------------------------------------------------------------------------------------
@@ -115,6 +133,69 @@ def test_non_utf8_line_is_reported_and_the_rest_read(tmp_path):
   out = list(schema.read_jsonl(str(p)))
   assert isinstance(out[0][1], schema.Trajectory) and isinstance(out[2][1], schema.Trajectory)
   assert isinstance(out[1][1], schema.SchemaError) and f"{p}:2" in str(out[1][1])
+
+
+# ---- M4-ViteVQA annotations (the real-data builder) --------------------------------------------------------------
+M4_ROW = {"question": "what is on the sign?", "answers": ["a1", "x"], "video_id": "00000", "question_id": 100,
+          "source1": "Single frame", "source2": "Text", "video_width": 112, "video_height": 112}
+
+
+def _m4(**kw):
+  d = dict(M4_ROW)
+  for k, v in kw.items():
+    if v is None:
+      d.pop(k)
+    else:
+      d[k] = v
+  return d
+
+
+@pytest.mark.parametrize("row, words", [
+    (_m4(question=None), ["missing", "question"]),
+    (_m4(video_id=None, question_id=None), ["missing", "video_id", "question_id"]),
+    (_m4(question=7), ["'question'", "string"]),
+    (_m4(question="  "), ["'question'", "non-empty"]),
+    (_m4(answers="a1"), ["'answers'", "list"]),
+    (_m4(answers=[]), ["'answers'", "not all empty"]),
+    (_m4(answers=["", " "]), ["'answers'", "not all empty"]),
+    (_m4(answers=[{"text": "a1"}]), ["'answers'", "list of strings"]),
+    (_m4(question_id="q-100"), ["'question_id'", "integer"]),
+    (_m4(video_id=["00000"]), ["'video_id'"]),
+    (_m4(video_width="wide"), ["'video_width'", "integer"]),
+    (["what?", ["a1"]], ["expected an object"]),
+])
+def test_m4_vitevqa_row_with_missing_or_mistyped_field_is_named(row, words):
+  from videor4_jax.data.builders.m4_vitevqa.builder import row_error
+  assert row_error(M4_ROW) is None and row_error(_m4(question_id="100", video_width=None)) is None
+  err = row_error(row)
+  assert err is not None and all(w in err for w in words), err
+
+
+def test_m4_vitevqa_build_skips_mistyped_rows_and_names_a_non_utf8_file(tmp_path):
+  import fixtures_data as fx
+  from test_data_builders import _build
+  from videor4_jax.data.builders import M4Vitevqa, common
+  manual = tmp_path / "manual"
+  fx.write_m4_manual_dir(str(manual))
+  ann = manual / "ViteVQA_0.0.2_t1s1val.json"
+  d = json.loads(ann.read_text())
+  good = len(d["data"])
+  d["data"] += [_m4(question_id=900, answers="a1"), _m4(question_id="q901"), _m4(question_id=902, question=None)]
+  ann.write_text(json.dumps(d))
+  b = _build(M4Vitevqa, tmp_path, config="task1_split1", manual=manual)
+  assert b.info.splits["validation"].num_examples == good          # the three bad rows are skipped, not fatal
+  val = {s["key"]: s["reason"] for s in common.read_skipped(b.data_dir) if s["split"] == "validation"}
+  assert len(val) == 3, val
+  assert val[f"{ann.name}[{good}] qid=900 video_id=00000"].startswith("field 'answers' must be a list")
+  assert "'question_id' must be an integer, got 'q901'" in val[f"{ann.name}[{good + 1}] qid=q901 video_id=00000"]
+  assert val[f"{ann.name}[{good + 2}]"] == "missing field(s) ['question']"
+  # A file in another encoding stops the build with an error naming the file (not a bare UnicodeDecodeError).
+  bad = tmp_path / "bad_manual"
+  fx.write_m4_manual_dir(str(bad))
+  t = bad / "ViteVQA_0.0.2_t1s1test.json"
+  t.write_bytes(t.read_text().replace("what is on", "qu'y a-t-il écrit sur").encode("latin-1"))
+  with pytest.raises(ValueError, match=rf"{t}: not UTF-8 \(byte \d+: invalid continuation byte\)"):
+    _build(M4Vitevqa, tmp_path / "b", config="task1_split1", manual=bad)
 
 
 # ---- model output: parsed only by the grammar, never evaluated ------------------------------------------------------

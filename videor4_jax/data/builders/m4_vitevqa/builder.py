@@ -34,6 +34,46 @@ _FILES = {
 _REQUIRED = ("question", "answers", "video_id", "question_id")
 
 
+def row_error(r) -> str | None:
+  """Why annotation row `r` cannot be used (a missing or mistyped field), or None when it can."""
+  if not isinstance(r, dict):
+    return f"expected an object with fields {list(_REQUIRED)}, got {type(r).__name__}"
+  missing = [k for k in _REQUIRED if k not in r]
+  if missing:
+    return f"missing field(s) {missing}"
+  is_int = lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, str) and v.isdigit())
+  if not isinstance(r["question"], str) or not r["question"].strip():
+    return f"field 'question' must be a non-empty string, got {r['question']!r}"
+  a = r["answers"]
+  if not isinstance(a, list) or not all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in a) \
+      or not any(str(x).strip() for x in a):
+    return f"field 'answers' must be a list of strings, not all empty, got {a!r}"
+  if not (isinstance(r["video_id"], str) and r["video_id"]) and not is_int(r["video_id"]):
+    return f"field 'video_id' must be a non-empty string or an integer, got {r['video_id']!r}"
+  if not is_int(r["question_id"]):
+    return f"field 'question_id' must be an integer, got {r['question_id']!r}"
+  for k in ("video_width", "video_height"):
+    if r.get(k) not in (None, "") and not is_int(r[k]):
+      return f"field {k!r} must be an integer, got {r[k]!r}"
+  return None
+
+
+def read_annotations(ann_path: str) -> list:
+  """The rows of an annotation file; a file that is not UTF-8 JSON of the v0.0.2 format is a ValueError naming it."""
+  try:
+    with open(ann_path, encoding="utf-8") as f:
+      data = json.load(f)
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{ann_path}: not UTF-8 (byte {e.start}: {e.reason}); the M4-ViteVQA annotation files are "
+                     "UTF-8 JSON: re-download the file or convert it (e.g. iconv -t UTF-8)") from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{ann_path}: not valid JSON ({e}); re-download the annotation file") from None
+  rows = data.get("data") if isinstance(data, dict) else None
+  if not isinstance(rows, list):
+    raise ValueError(f"{ann_path}: expected {{'data': [...]}} (M4-ViteVQA v0.0.2 annotation format)")
+  return rows
+
+
 class M4Vitevqa(tfds.core.GeneratorBasedBuilder):
   name = "m4_vitevqa"
   # tfds finds README/checksums next to the code; an editable install can confuse its lookup, so say where.
@@ -66,23 +106,19 @@ class M4Vitevqa(tfds.core.GeneratorBasedBuilder):
     return out
 
   def _generate_examples(self, split: str, ann_path: str, videos: dict[str, str]):
+    rows = read_annotations(ann_path)
     log = common.SkipLog(self, split)
-    with open(ann_path, encoding="utf-8") as f:
-      data = json.load(f)
-    rows = data.get("data") if isinstance(data, dict) else None
-    if not isinstance(rows, list):
-      raise ValueError(f"{ann_path}: expected {{'data': [...]}} (M4-ViteVQA v0.0.2 annotation format)")
     probed: dict[str, str | None] = {}  # video_id -> error (None = fine), so each video is decoded once
     for i, r in enumerate(tqdm.tqdm(rows, desc=f"m4_vitevqa/{split}", unit="qa")):
       key = f"{os.path.basename(ann_path)}[{i}]"
-      missing = [k for k in _REQUIRED if not isinstance(r, dict) or k not in r]
-      if missing:
-        log.skip(key, f"missing field(s) {missing}")
+      err = row_error(r)
+      if err is not None and not (isinstance(r, dict) and all(k in r for k in _REQUIRED)):
+        log.skip(key, err)         # no ids to name it by
         continue
       vid = str(r["video_id"])
       key = f"{key} qid={r['question_id']} video_id={vid}"
-      if not isinstance(r["answers"], list) or not r["answers"]:
-        log.skip(key, f"field 'answers' must be a non-empty list, got {r['answers']!r}")
+      if err is not None:
+        log.skip(key, err)
         continue
       if vid not in videos:
         log.skip(key, f"video {vid}.mp4 not found under the manual dir")
