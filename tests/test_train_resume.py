@@ -9,6 +9,7 @@ import pytest
 from train_fixtures import small_config
 from videor4_jax.data.sources import make_source_fn
 from videor4_jax.processing.tokenizer import Tokenizer
+from videor4_jax.train.checkpoint import CheckpointMismatch
 from videor4_jax.train.curriculum import Runner
 
 VOLATILE = ("time", "tokens_per_s")
@@ -45,8 +46,13 @@ def _metrics(workdir):
 
 
 @pytest.fixture(scope="module")
-def cfg(tmp_path_factory):
-  c = small_config(tmp_path_factory.mktemp("data"), drp_sft=4, rl_d=3)
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def cfg(data_dir):
+  c = small_config(data_dir, drp_sft=4, rl_d=3)
   c.curriculum = "drp_sft,rl_d"
   return c
 
@@ -70,3 +76,84 @@ def test_interrupted_run_resumes_to_identical_metrics(cfg, tmp_path):
   _, p_a = from_pretrained(straight["final_checkpoint"])
   _, p_b = from_pretrained(resumed["final_checkpoint"])
   jax.tree.map(np.testing.assert_array_equal, p_a, p_b)
+
+
+def _straight_crash_resume(c, tmp_path, crash_at, capsys):
+  """Uninterrupted run in a/, a crash at global step `crash_at` then a resume in b/; returns (a, b, resume stdout)."""
+  tok, source_fn = Tokenizer.tiny(), make_source_fn(c.data)
+  Runner(c, str(tmp_path / "a"), source_fn, tok).run()
+  with pytest.raises(Crash):
+    CrashingRunner(c, str(tmp_path / "b"), source_fn, tok, crash_at=crash_at).run()
+  capsys.readouterr()
+  Runner(c, str(tmp_path / "b"), source_fn, tok).run()
+  return _metrics(tmp_path / "a"), _metrics(tmp_path / "b"), capsys.readouterr().out
+
+
+def test_mid_grpo_resume_keeps_the_stage_start_kl_reference(data_dir, tmp_path, capsys):
+  """grpo.beta > 0: the KL reference of a GRPO stage resumed mid-way is the stage's starting policy (saved when
+  the stage started), not the resumed policy, so the resumed metrics (kl, loss, rewards) equal the straight run's."""
+  c = small_config(data_dir, rl_d=3)
+  c.curriculum, c.grpo.beta, c.checkpoint_every = "rl_d", 0.04, 1
+  c.stages.rl_d.warmup_steps = 0     # update 0 must move the policy away from the reference
+  want, got, out = _straight_crash_resume(c, tmp_path, 2, capsys)    # saved after rl_d step 1, dies after step 2
+  assert "resuming at stage 'rl_d' step 1 (global step 1)" in out
+  assert want[(1, "rl_d/kl")] > 0 and want[(0, "rl_d/kl")] == 0     # step 0 is the reference itself
+  assert set(want) == set(got)
+  diff = {k: (want[k], got[k]) for k in want if want[k] != got[k]}
+  assert not diff, diff
+
+
+def test_resume_in_a_stage_with_another_optimizer_structure(data_dir, tmp_path, capsys):
+  """crp_sft freezes the vision tower (an extra optax.masked state) and drp_sft does not: a crash inside crp_sft
+  resumes inside crp_sft (the restore target is built from the checkpointed stage's optimizer), with the same
+  metrics. Resuming with a config whose optimizer differs raises an actionable error instead of silently falling
+  back to an older checkpoint."""
+  c = small_config(data_dir, drp_sft=1, crp_sft=3)
+  c.curriculum, c.checkpoint_every = "drp_sft,crp_sft", 1
+  c.stages.crp_sft.freeze_vision = True
+  tok, source_fn = Tokenizer.tiny(), make_source_fn(c.data)
+  Runner(c, str(tmp_path / "a"), source_fn, tok).run()
+  with pytest.raises(Crash):       # saved at global steps 1 (drp_sft end) and 2 (crp_sft step 1), dies after 3
+    CrashingRunner(c, str(tmp_path / "b"), source_fn, tok, crash_at=3).run()
+  wrong = small_config(data_dir, drp_sft=1, crp_sft=3)
+  wrong.curriculum, wrong.checkpoint_every = "drp_sft,crp_sft", 1
+  with pytest.raises(CheckpointMismatch, match=r"checkpoints/2 .*'crp_sft'.*freeze_vision.*new workdir"):
+    Runner(wrong, str(tmp_path / "b"), source_fn, tok).run()
+  capsys.readouterr()
+  Runner(c, str(tmp_path / "b"), source_fn, tok).run()
+  assert "resuming at stage 'crp_sft' step 1 (global step 2)" in capsys.readouterr().out
+  want, got = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
+  assert set(want) == set(got) and len({s for s, _ in want}) == 4
+  diff = {k: (want[k], got[k]) for k in want if want[k] != got[k]}
+  assert not diff, diff
+
+
+@pytest.mark.parametrize("override,match", [
+    (lambda c: setattr(c.grpo, "num_generations", 1), r"config\.grpo: GRPO needs num_generations >= 2.*"
+                                                       r"set grpo\.num_generations"),
+    (lambda c: c.grpo.update(filter_zero_varience=True), r"config\.grpo: unknown field.*filter_zero_varience"),
+    (lambda c: c.grpo.update(aggregation="mean"), r"config\.grpo: aggregation='mean'"),
+    (lambda c: setattr(c.stages.rl_d.rewards, "accuracy", "bleu"), r"config\.stages\.rl_d\.rewards: .*'bleu'"),
+    (lambda c: c.stages.rl_d.update(grad_accum=0), r"config\.stages\.rl_d: optimizer.*grad_accum"),
+])
+def test_runner_rejects_bad_stage_config_before_any_stage_runs(data_dir, tmp_path, override, match):
+  """The GRPO / reward / optimizer settings of every stage are checked when the Runner is built, not when the
+  stage starts (here rl_d comes after drp_sft, which would otherwise train first)."""
+  c = small_config(data_dir)
+  c.curriculum = "drp_sft,rl_d"
+  override(c)
+  with pytest.raises(ValueError, match=match):
+    Runner(c, str(tmp_path / "w"), make_source_fn(c.data), Tokenizer.tiny())
+  assert not (tmp_path / "w").exists()
+
+
+def test_stage_grad_accum_reaches_the_optimizer(data_dir, tmp_path):
+  import jax.numpy as jnp
+  import optax
+  c = small_config(data_dir, rl_d=4)
+  c.curriculum = "drp_sft,rl_d"
+  c.stages.rl_d.update(grad_accum=2)
+  r = Runner(c, str(tmp_path / "w"), make_source_fn(c.data), Tokenizer.tiny())
+  params = {"w": jnp.ones(3)}
+  assert isinstance(r._optimizer("rl_d").init(params), optax.MultiStepsState)
+  assert not isinstance(r._optimizer("drp_sft").init(params), optax.MultiStepsState)
