@@ -5,6 +5,8 @@ Override any field from the command line, e.g.
 """
 import ml_collections
 
+OBS_HW = (28, 28)   # one re-encoded observation frame = one vision token (the crop box is tight around the text)
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -13,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.tokenizer = "tiny"                 # "tiny" (built in code) or a directory with tokenizer.json
   c.init_from = ""                     # optional HF checkpoint directory
   c.model = dict(
-      text=dict(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+      text=dict(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                 rms_norm_eps=1e-6, rope_theta=10000.0, mrope_section=(4, 6, 6)),
       vision=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, in_channels=3, patch_size=14,
@@ -21,18 +23,21 @@ def get_config() -> ml_collections.ConfigDict:
                   fullatt_block_indexes=(1,), tokens_per_second=2),
       tie_word_embeddings=True,
   )
-  # Synthetic task (videor4_jax.data.synthetic.SyntheticConfig defaults: 8 frames of 224x224, 2x2 sign grid,
-  # global view 56x56, observations 112x112). The data seed is a config field.
+  # Synthetic task (videor4_jax.data.synthetic.SyntheticConfig): 8 frames of 224x224, 2x2 sign grid, one digit on
+  # the target sign and one distractor sign, global view 56x56. Text strokes are 2 px in the source, 0.5 px in the
+  # global view (illegible), 3 px in the gold crop (a tight box, 0.16 of a cell, around the sign's text).
+  # Question types: "crop" (deliberate trajectories) and "clip_crop" (compositional: clip the frames where the
+  # text flashes, then crop); "clip" (read text in whole re-encoded frames) needs obs_hw >= 112 and is left out.
   c.data = dict(name="synthetic_textvideo", data_dir="runs/data", seed=0, num_train=400, num_validation=20,
                 num_test=48,
-                # Knobs of videor4_jax.data.synthetic.SyntheticConfig (text size, grid, alphabet, ...).
-                task=dict(crop_text_px=3.0, clip_text_px=1.5, code_len=(1, 1), num_distractors=1,
-                          alphabet="0123456789", question_types=("crop", "clip", "clip_crop")))
+                task=dict(crop_text_px=2.0, crop_box_frac=0.16, jitter_px=0, obs_hw=OBS_HW, code_len=(1, 1),
+                          text_plate=True, num_distractors=1, alphabet="0123456789",
+                          question_types=("crop", "clip_crop")))
   c.pipeline = dict(batch_size=8, num_frames=8, source_hw=(224, 224), global_hw=(56, 56), max_prompt_tokens=128,
-                    max_seq_tokens=416, obs_hw=(112, 112), max_observations=2, max_clip_frames=4,
+                    max_seq_tokens=256, obs_hw=OBS_HW, max_observations=2, max_clip_frames=4,
                     padding_side="left", worker_count=0)
   # Static shapes of the rumination loop (videor4_jax.rumination.config.RolloutConfig).
-  c.rollout = dict(max_steps=2, max_step_tokens=72, cache_len=512, obs_hw=(112, 112), max_clip_frames=4,
+  c.rollout = dict(max_steps=3, max_step_tokens=64, cache_len=512, obs_hw=OBS_HW, max_clip_frames=4,
                    crop_margin=0.0, crop_min_px=8, clip_seconds_per_group=1.0, temperature=1.0, top_p=1.0)
   c.grpo = dict(num_generations=4, beta=0.0, eps_low=0.2, eps_high=0.28, aggregation="token_mean",
                 num_inner_steps=1, temperature=1.0)

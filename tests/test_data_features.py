@@ -42,7 +42,8 @@ def test_sft_rows_match_the_rollout_executor(source):
   import json
   feat = SftFeaturizer(CFG)
   tok = Tokenizer.tiny()
-  config = ModelConfig(text=TextConfig(vocab_size=128, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+  from videor4_jax.processing.tokenizer import padded_vocab_size
+  config = ModelConfig(text=TextConfig(vocab_size=padded_vocab_size(tok), hidden_size=64, intermediate_size=64, num_hidden_layers=1,
                                        num_attention_heads=2, num_key_value_heads=1, mrope_section=(4, 6, 6)),
                        vision=VisionConfig(depth=1, hidden_size=32, intermediate_size=32, num_heads=2,
                                            out_hidden_size=64, fullatt_block_indexes=(0,)),

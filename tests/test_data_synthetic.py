@@ -106,3 +106,31 @@ def test_glyphs_render():
   assert m.shape == glyphs.code_size(2, 3) == (21, 33)
   assert not m[:, 15:18].any()  # the one-column gap between glyphs, scaled
   assert len({g.tobytes() for g in glyphs.GLYPHS.values()}) == len(glyphs.GLYPHS)  # every glyph distinct
+
+
+def test_text_plate_and_tight_gold_box():
+  """The tiny config's task: a tight gold box (0.16 of a cell) that holds only the plate and the black code."""
+  cfg = synthetic.SyntheticConfig(crop_text_px=2.0, crop_box_frac=0.16, jitter_px=0, obs_hw=(28, 28), code_len=(1, 1),
+                                  text_plate=True, num_distractors=1, question_types=("crop", "clip_crop"))
+  assert cfg.crop_text_scale == 2 and cfg.gold_box(0) == (0.21, 0.21, 0.29, 0.29)
+  for qtype in ("crop", "clip_crop"):
+    for i in range(4):
+      ex = synthetic.generate(cfg, 0, i, question_type=qtype)
+      t = ex.trajectory
+      x1, y1, x2, y2 = (np.array(t.evidence["boxes"][0]) * 224).round().astype(int)
+      assert t.actions[-1].bbox_2d == cfg.gold_box(t.evidence["cell"])
+      for f, frame in enumerate(ex.frames_fhw3):
+        region = frame[y1:y2, x1:x2].astype(int)
+        ink = (region.max(-1) < 60).sum()            # black glyph pixels
+        plate = (region.min(-1) > 200).sum()         # light plate pixels (texture noise std 6)
+        assert ink + plate >= 0.97 * region[..., 0].size, (qtype, i, f)   # nothing of the sign inside the box
+        assert (ink > 10) == (f + 1 in t.evidence["frames"]), (qtype, i, f)
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(crop_box_frac=0.0), "crop_box_frac"),
+                                    (dict(crop_box_frac=0.05), "gold crop box"),
+                                    (dict(crop_text_px=4.0, crop_box_frac=0.5, obs_hw=(84, 84)), "0.75-px strokes")])
+def test_gold_box_and_legibility_validation(kw, msg):
+  """0.75-px strokes in the global view (scale 3 at 4x smaller) were legible by eye: refused by default."""
+  with pytest.raises(ValueError, match=msg):
+    synthetic.SyntheticConfig(**{**dict(question_types=("crop",)), **kw})

@@ -8,11 +8,13 @@ one coloured sign; a sign may carry a code (1-3 glyphs of `alphabet`, drawn by g
 Legibility is a matter of stroke width. A glyph drawn at integer scale s has s-pixel strokes; a view that shrinks
 the source by a factor r leaves s/r-pixel strokes, and below one pixel the strokes of a 5x7 glyph merge. So
 
-  crop text scale  s_crop = ceil(crop_text_px * cell / obs)    -> crop_text_px-pixel strokes in a crop of its cell,
+  crop text scale  s_crop = ceil(crop_text_px * box / obs)     -> crop_text_px-pixel strokes in the gold crop,
   clip text scale  s_clip = ceil(clip_text_px * source / obs)  -> clip_text_px-pixel strokes in a clipped frame,
 
-and `SyntheticConfig` refuses settings where either scale still leaves >= 1-pixel strokes in the global view
-(s * global / source >= 1), because then the question could be answered without ruminating.
+where `box` is the side of the gold crop box (`crop_box_frac` of a grid cell, centred on it). `SyntheticConfig`
+refuses settings where either scale leaves strokes wider than `max_global_stroke_px` (default 0.5) in the global
+view (s * global / source), because then the question could be answered without ruminating: 0.75-pixel strokes
+(scale 3 at a 4x smaller global view) were checked by eye to stay legible, 0.5-pixel strokes are blobs.
 (tests/test_data_synthetic.py quantifies it: two codes differ clearly in the gold observation and hardly in the
 global view.)
 
@@ -49,6 +51,9 @@ PALETTE: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
 }
 
 
+PLATE_RGB, PLATE_INK = (235, 235, 235), (0, 0, 0)
+
+
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
   """Difficulty knobs of the synthetic task (all validated in __post_init__).
@@ -71,6 +76,11 @@ class SyntheticConfig:
   question_types:   the types drawn, uniformly.
   crop_text_px:     stroke width (pixels) of crop-question text in its gold crop; larger is easier to read.
   clip_text_px:     stroke width (pixels) of clip-question text in a clipped frame.
+  crop_box_frac:    side of the gold crop box as a fraction of the cell side (centred on the cell; rounded to two
+                    decimals like every box the grammar writes). Below 1 the crop zooms into the sign's middle.
+  max_global_stroke_px: the widest text stroke allowed in the global view (legibility bound above).
+  text_plate:       codes sit on a static light plate (the gold box's size) in black ink, as on a label, rather
+                    than in the sign's ink colour on the sign: the crop then varies with the text, not the sign.
   """
   num_frames: int = 8
   source_hw: tuple[int, int] = (224, 224)
@@ -89,6 +99,9 @@ class SyntheticConfig:
   question_types: tuple[str, ...] = QUESTION_TYPES
   crop_text_px: float = 1.0
   clip_text_px: float = 1.0
+  crop_box_frac: float = 1.0
+  max_global_stroke_px: float = 0.5
+  text_plate: bool = False
 
   def __post_init__(self):
     for f in ("source_hw", "global_hw", "obs_hw", "grid", "code_len", "flash_len", "question_types"):
@@ -119,13 +132,15 @@ class SyntheticConfig:
       raise bad(f"question_types={self.question_types} must be a non-empty subset of {QUESTION_TYPES}")
     if self.crop_text_px <= 0 or self.clip_text_px <= 0:
       raise bad(f"crop_text_px={self.crop_text_px} and clip_text_px={self.clip_text_px} must be > 0")
+    if not 0.0 < self.crop_box_frac <= 1.0:
+      raise bad(f"crop_box_frac={self.crop_box_frac} must be in (0, 1]")
     if not 0.0 < self.sign_frac <= 1.0 or self.jitter_px < 0 or min(self.noise_std, self.frame_noise_std) < 0:
       raise bad(f"sign_frac={self.sign_frac} in (0,1], jitter_px={self.jitter_px} >= 0, noise_std >= 0 required")
     # Legibility: the text must need the observation (strokes < 1 px in the global view).
     scales = [("crop", self.crop_text_scale)] + [("clip", self.clip_text_scale)] * ("clip" in self.question_types)
     for name, s in scales:
       stroke = s * self.global_hw[0] / self.source_hw[0]
-      if stroke >= 1.0:
+      if stroke > self.max_global_stroke_px:
         raise bad(f"{name} text at scale {s} keeps {stroke:.2f}-px strokes in the global view {self.global_hw}: "
                   f"readable without rumination; raise obs_hw={self.obs_hw} or lower global_hw")
     sign_h, sign_w = self.sign_hw
@@ -134,6 +149,11 @@ class SyntheticConfig:
       if th + 2 > sign_h or tw + 2 > sign_w:
         raise bad(f"a {self.code_len[1]}-glyph {name} code ({th}x{tw} px at scale {s}) does not fit the "
                   f"{sign_h}x{sign_w} sign; raise sign_frac or lower code_len")
+    th, tw = glyphs.code_size(self.code_len[1], self.crop_text_scale)
+    box_h, box_w = (int(c * self.crop_box_frac) for c in self.cell_hw)
+    if th + 2 * self.jitter_px > box_h or tw + 2 * self.jitter_px > box_w:
+      raise bad(f"a {self.code_len[1]}-glyph crop code ({th}x{tw} px) with jitter_px={self.jitter_px} can leave "
+                f"the {box_h}x{box_w} gold crop box; raise crop_box_frac or lower code_len / jitter_px")
 
   @property
   def cell_hw(self) -> tuple[int, int]:
@@ -145,7 +165,8 @@ class SyntheticConfig:
 
   @property
   def crop_text_scale(self) -> int:
-    return max(1, math.ceil(self.crop_text_px * max(c / o for c, o in zip(self.cell_hw, self.obs_hw)) - 1e-9))
+    box_hw = (c * self.crop_box_frac for c in self.cell_hw)
+    return max(1, math.ceil(self.crop_text_px * max(b / o for b, o in zip(box_hw, self.obs_hw)) - 1e-9))
 
   @property
   def clip_text_scale(self) -> int:
@@ -155,6 +176,13 @@ class SyntheticConfig:
     """Normalized (x1, y1, x2, y2) of grid cell `cell` (row-major)."""
     r, c = divmod(cell, self.grid[1])
     return (c / self.grid[1], r / self.grid[0], (c + 1) / self.grid[1], (r + 1) / self.grid[0])
+
+  def gold_box(self, cell: int) -> tuple[float, float, float, float]:
+    """The gold crop box of `cell`: `crop_box_frac` of the cell, centred on it, rounded to two decimals."""
+    x1, y1, x2, y2 = self.cell_box(cell)
+    hx, hy = (x2 - x1) * self.crop_box_frac / 2, (y2 - y1) * self.crop_box_frac / 2
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    return tuple(round(v, 2) for v in (cx - hx, cy - hy, cx + hx, cy + hy))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +235,12 @@ def render_video(cfg: SyntheticConfig, rng: np.random.Generator, signs: list[dic
     top, left = r * ch + slack_y + jy, c * cw + slack_x + jx
     layout.append((top, left))
     base_hw3[top:top + sh, left:left + sw] = PALETTE[s["colour"]][0]
+    if cfg.text_plate and s["code"]:
+      # A static light plate under the text, a little larger than the gold crop box (or the code).
+      th, tw = glyphs.code_size(len(s["code"]), s["scale"])
+      ph, pw = (max(t + 2, round(c * cfg.crop_box_frac) + 2) for t, c in ((th, ch), (tw, cw)))   # +2: box rounding
+      cy, cx = top + (sh - th) // 2 + th // 2, left + (sw - tw) // 2 + tw // 2
+      base_hw3[cy - ph // 2:cy - ph // 2 + ph, cx - pw // 2:cx - pw // 2 + pw] = PLATE_RGB
   frames = []
   for f in range(cfg.num_frames):
     img = base_hw3 + texture_hw3
@@ -217,7 +251,7 @@ def render_video(cfg: SyntheticConfig, rng: np.random.Generator, signs: list[dic
       if s["code"] and (s["frames"] is None or f in s["frames"]):
         th, tw = glyphs.code_size(len(s["code"]), s["scale"])
         glyphs.draw_code(img, s["code"], s["scale"], top + (sh - th) // 2, left + (sw - tw) // 2,
-                         PALETTE[s["colour"]][1])
+                         PLATE_INK if cfg.text_plate else PALETTE[s["colour"]][1])
     frames.append(img)
   return np.stack(frames)
 
@@ -249,7 +283,7 @@ def generate(cfg: SyntheticConfig, seed: int, index: int, *, split: str = "train
   frames = render_video(cfg, rng, signs)
 
   colour, code, cell = colours[target], codes[target], cells[target]
-  box = cfg.cell_box(cell)
+  box = cfg.gold_box(cell)
   pos = _position_name(cfg, cell)
   video_id = f"syn{seed}-{split}-{index:07d}"
   if qtype == "crop":

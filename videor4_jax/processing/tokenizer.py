@@ -15,7 +15,13 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start
                   "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>")
 TAG_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
 TINY_WORDS = (" sign", "red", "green", "blue", "yellow", "orange", "purple", "cyan", "white", "top", "bottom",
-              " frame")
+              " frame",
+              # Chat roles, the tiny system prompt, the synthetic task's questions, think texts and observation
+              # headers: a real BPE has these as single tokens, and char-level spelling would make every turn
+              # ~3x longer (slower rollouts, and the few vision tokens drowned in a long context).
+              "system", "user", "assistant", "Read", " the", " video", "Tools", " crop", " clip", "What", " is",
+              " written", " on", " code", " appears", " briefly", "The", " has", " text", " a", " few", " frames",
+              "Crop", "Clip", "Text", " too", " small", "It", " reads", " left", " right", "Frames", "Error")
 
 
 class Tokenizer:
@@ -77,7 +83,7 @@ class Tokenizer:
     pieces = list(TAG_TOKENS) + [p for p in grammar.LITERAL_PIECES if len(p) > 1]
     tok.add_tokens([AddedToken(p, normalized=False) for p in dict.fromkeys(pieces)])
     # Whole-word tokens for the built-in synthetic task's vocabulary, as a real BPE would have them (appended
-    # last, so every earlier id is unchanged); they fill the vocab to exactly 128.
+    # last, so every earlier id is unchanged).
     tok.add_tokens([AddedToken(w, normalized=False) for w in TINY_WORDS])
     return cls(tok)
 

@@ -54,6 +54,14 @@ def build_model_config(cfg, tok):
                                 bos_token_id=tok.pad_id, eos_token_id=tok.im_end_id, pad_token_id=tok.pad_id)
 
 
+def _check_observation_shapes(pcfg, rcfg):
+  """SFT observations (pipeline) and rollout observations must have one shape, or SFT teaches other pixels."""
+  for name in ("obs_hw", "max_clip_frames"):
+    if tuple(np.atleast_1d(getattr(pcfg, name))) != tuple(np.atleast_1d(getattr(rcfg, name))):
+      raise ValueError(f"config.pipeline.{name}={getattr(pcfg, name)} != config.rollout.{name}="
+                       f"{getattr(rcfg, name)}: SFT observations must match the rollout's; set both alike")
+
+
 def validate_curriculum(cfg):
   names = [s for s in cfg.curriculum.split(",") if s]
   if not names:
@@ -85,6 +93,7 @@ class Runner:
     self.config = build_model_config(cfg, tok)
     self.rollout_cfg = RolloutConfig(**cfg.rollout.to_dict())
     self.pcfg = pipeline.PipelineConfig(**cfg.pipeline.to_dict())
+    _check_observation_shapes(self.pcfg, self.rollout_cfg)
     self.env = make_env(self.config, self.rollout_cfg, tok, self.pcfg.num_frames)
     self.source_fn = source_fn
     self.writer = MetricsWriter(os.path.join(workdir, "logs"))
