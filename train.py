@@ -3,6 +3,12 @@
     python train.py                                   # tiny config, CPU, builds the synthetic data if absent
     python train.py --config configs/tiny.py --config.stages.rl_d.steps=40 --workdir runs/exp1
 
+Multi-process (one process per host, all with the same flags and workdir): `--distributed` lets JAX detect the
+cluster (TPU pods, SLURM); on one machine give the coordinator and ranks, e.g. two CPU processes of 4 devices:
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 python train.py --coordinator_address=localhost:12355 \
+        --num_processes=2 --process_id=0 ...   # and --process_id=1 in the second process
+
 Resumes from the newest complete checkpoint in the work directory (stage and step). Ends with an evaluation
 report: `<workdir>/report.json` (held-out accuracy with rumination and in single-pass mode after every stage,
 and the final HF-format checkpoint that eval.py accepts).
@@ -14,12 +20,20 @@ from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", "configs/tiny.py", "Training config (a get_config() file).")
 flags.DEFINE_string("workdir", None, "Work directory (default: config.workdir).")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (cluster auto-detection).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs on one machine).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's rank in [0, num_processes).")
 
 
 def main(argv):
   del argv
   from absl import logging
   logging.set_verbosity(logging.WARNING)   # Orbax / tfds INFO lines would drown the progress output
+  F = flags.FLAGS
+  from videor4_jax.parallel import distributed
+  if F.distributed or F.coordinator_address is not None:
+    distributed.initialize(F.coordinator_address, F.num_processes, F.process_id)
   cfg = flags.FLAGS.config
   workdir = flags.FLAGS.workdir or cfg.workdir
   os.makedirs(workdir, exist_ok=True)
@@ -27,7 +41,14 @@ def main(argv):
   from videor4_jax.data.sources import make_source_fn
   from videor4_jax.train.curriculum import Runner
   tok = Tokenizer.tiny() if cfg.tokenizer == "tiny" else Tokenizer.from_dir(cfg.tokenizer)
-  report = Runner(cfg, workdir, make_source_fn(cfg.data), tok).run()
+  if not distributed.is_primary():        # process 0 builds the synthetic data set if absent, the others wait
+    distributed.barrier("data")
+  source_fn = make_source_fn(cfg.data)
+  if distributed.is_primary():
+    distributed.barrier("data")
+  report = Runner(cfg, workdir, source_fn, tok).run()
+  if not distributed.is_primary():        # process 0 prints the report
+    return
   print("\n==== evaluation report (held-out split) ====")
   print(f"{'stage':<10} {'rumination acc':>15} {'single-pass acc':>16} {'rumination rate':>16} {'invalid':>8}")
   for stage, r in report["stages"].items():

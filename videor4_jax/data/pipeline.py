@@ -108,8 +108,25 @@ def _ensure_absl_flags_parsed() -> None:
 
 
 def make_dataset(source: Any, cfg: PipelineConfig, featurizer: grain.transforms.Map | None,
-                 shard: grain.sharding.ShardOptions | None = None) -> grain.IterDataset:
-  """The batched, featurized, sharded stream; `shard` defaults to this JAX process's shard."""
+                 shard: grain.sharding.ShardOptions | None = None,
+                 rows: tuple[int, int] | None = None) -> grain.IterDataset:
+  """The batched, featurized, sharded stream; `shard` defaults to this JAX process's shard.
+
+  rows=(lo, hi): multi-process training. `cfg.batch_size` is then the *global* batch B: the whole split is
+  shuffled and cut into global batches the same way whatever the process count, and this process reads and
+  featurizes only rows [lo, hi) of each (its devices' block; `parallel.distributed.process_rows`). The global
+  batch, hence training, does not depend on the number of processes; record sharding (`shard`) would give every
+  process count a different global batch. Needs `shard=grain.sharding.NoSharding()` and a repeating stream.
+  """
+  if rows is not None:
+    lo, hi = rows
+    if not 0 <= lo < hi <= cfg.batch_size:
+      raise ValueError(f"make_dataset: rows={rows} must satisfy 0 <= lo < hi <= batch_size={cfg.batch_size}")
+    if shard is None or shard.shard_count != 1:
+      raise ValueError("make_dataset: rows=(lo, hi) selects this process's rows of each global batch; pass "
+                       "shard=grain.sharding.NoSharding() (records are not sharded as well)")
+    if cfg.num_epochs is not None:
+      raise ValueError("make_dataset: rows=(lo, hi) needs a repeating stream (num_epochs=None)")
   shard = shard if shard is not None else grain.sharding.ShardByJaxProcess()
   ds = grain.MapDataset.source(source)
   idx = shard_indices(len(ds), shard)
@@ -122,14 +139,38 @@ def make_dataset(source: Any, cfg: PipelineConfig, featurizer: grain.transforms.
   repeat = cfg.num_epochs is None or cfg.num_epochs > 1
   if repeat:
     ds = ds.repeat(cfg.num_epochs)
+  batch = cfg.batch_size
+  if rows is not None:
+    ds, batch = GlobalBatchRows(ds, cfg.batch_size, *rows), rows[1] - rows[0]
   if featurizer is not None:
     ds = ds.map(SkipBadRecords(featurizer))
-  ds = ds.batch(cfg.batch_size, drop_remainder=repeat, batch_fn=stack_batch)
+  ds = ds.batch(batch, drop_remainder=repeat, batch_fn=stack_batch)
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch))
   if cfg.worker_count > 0:
     _ensure_absl_flags_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.worker_count))
   return it_ds
+
+
+class GlobalBatchRows(grain.MapDataset):
+  """Rows [lo, hi) of every consecutive block of `global_batch` records of `parent`: element k is parent record
+  (k // n) * global_batch + lo + k % n, n = hi - lo. Only those records are read (and featurized) here."""
+
+  def __init__(self, parent: grain.MapDataset, global_batch: int, lo: int, hi: int):
+    super().__init__(parent)
+    self._global, self._lo, self._n = global_batch, lo, hi - lo
+
+  def __len__(self) -> int:
+    return (len(self._parent) // self._global) * self._n
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    j, r = divmod(index, self._n)
+    return self._parent[j * self._global + self._lo + r]
+
+  def __str__(self) -> str:
+    return f"GlobalBatchRows(global_batch={self._global}, rows=[{self._lo}, {self._lo + self._n}))"
 
 
 log = logging.getLogger(__name__)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +23,7 @@ import tqdm
 from videor4_jax.data import pipeline
 from videor4_jax.data.features import RlFeaturizer, decode_strings
 from videor4_jax.eval import metrics
+from videor4_jax.parallel import distributed
 from videor4_jax.processing.grammar import ERROR_MESSAGES, ActionError
 from videor4_jax.rl.rewards import extract_answer
 from videor4_jax.rumination.env import RuminationEnv
@@ -80,7 +82,10 @@ def evaluate(env: RuminationEnv, params, tok, source, pcfg: pipeline.PipelineCon
   fn = make_rollout_fn(run_env, greedy=True)
   n = len(source) if num_examples is None else min(num_examples, len(source))
   cfg = dataclasses.replace(pcfg, num_epochs=1, shuffle=False, worker_count=0)
-  ds = pipeline.make_dataset(_Prefix(source, n), cfg, RlFeaturizer(cfg, system=None), shard=_NO_SHARD)
+  # Every process evaluates every question (same inputs everywhere, as jit requires of host arrays in a
+  # multi-process run) and gathers the trajectories, so each holds the whole result.
+  ds = pipeline.make_dataset(_Prefix(source, n), cfg, RlFeaturizer(cfg, system=None),
+                             shard=grain.sharding.NoSharding())
   questions, kept = [], []
   prefix = tok.encode(SINGLE_PASS_PREFIX)
   bar = tqdm.tqdm(total=n, desc=f"eval/{mode}", unit="q", disable=not progress)
@@ -92,7 +97,7 @@ def evaluate(env: RuminationEnv, params, tok, source, pcfg: pipeline.PipelineCon
       batch = append_to_prompts(batch, prefix)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values_videos", "video_grid_thw",
                                     "source_frames")}
-    traj = jax.device_get(fn(params, inputs, jax.random.key(0)))
+    traj = distributed.to_host(fn(params, inputs, jax.random.key(0)))
     for i in range(b):
       if not batch["row_ok"][i]:        # a record that failed to featurize (skipped and reported)
         continue
@@ -133,5 +138,3 @@ class _Prefix:
   def __getitem__(self, i):
     return self.source[i]
 
-
-_NO_SHARD = None

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from videor4_jax.processing.grammar import ActionError
 
-MEAN = jnp.array([0.48145466, 0.4578275, 0.40821073], jnp.float32)   # CLIP normalization (HF Qwen2-VL processor)
-STD = jnp.array([0.26862954, 0.26130258, 0.27577711], jnp.float32)
+# CLIP normalization (HF Qwen2-VL processor). numpy, not jnp: a jnp constant made at import would start the XLA
+# backend, and `jax.distributed.initialize` (multi-process runs) must come before that.
+MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 
 
 def crop(src_fhw3, frame, box, *, out_hw, margin: float = 0.0, min_px: int = 8):

@@ -23,6 +23,7 @@ from videor4_jax.data.features import RlFeaturizer, SftFeaturizer
 from videor4_jax.eval.loop import evaluate
 from videor4_jax.model import vlm
 from videor4_jax.model.config import model_config_from_dict
+from videor4_jax.parallel import distributed
 from videor4_jax.parallel.sharding import batch_sharding, make_mesh, param_shardings
 from videor4_jax.rumination.config import RolloutConfig
 from videor4_jax.rumination.env import make_env
@@ -77,9 +78,19 @@ def validate_curriculum(cfg):
 def _sft_batch(b):
   keys = ("tokens", "positions", "valid", "mm_types", "loss_mask", "video_pixels", "video_grid", "obs_pixels",
           "obs_grid")
-  out = {k: jnp.asarray(b[k]) for k in keys}
-  out["positions"] = jnp.swapaxes(out["positions"], 0, 1)     # [B, 3, S] -> [3, B, S]
+  out = {k: np.asarray(b[k]) for k in keys}        # host arrays: `_shard` assembles the global batch
+  out["positions"] = np.swapaxes(out["positions"], 0, 1)     # [B, 3, S] -> [3, B, S]
   return out
+
+
+class _NoWriter:
+  """Processes other than 0 log nothing (process 0 writes the metrics of the global batch)."""
+
+  def write(self, *a, **kw):
+    pass
+
+  def close(self):
+    pass
 
 
 class Runner:
@@ -96,7 +107,7 @@ class Runner:
     _check_observation_shapes(self.pcfg, self.rollout_cfg)
     self.env = make_env(self.config, self.rollout_cfg, tok, self.pcfg.num_frames)
     self.source_fn = source_fn
-    self.writer = MetricsWriter(os.path.join(workdir, "logs"))
+    self.writer = MetricsWriter(os.path.join(workdir, "logs")) if distributed.is_primary() else _NoWriter()
     self.ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
     self.report_path = os.path.join(workdir, "report.json")
     self.skipped_steps = 0
@@ -127,8 +138,10 @@ class Runner:
     if self.cfg.get("init_from"):
       from videor4_jax.convert.hf import from_pretrained
       _, params = from_pretrained(self.cfg.init_from)
-      return params
-    return vlm.init_params(self.config, jax.random.key(self.cfg.seed))
+    else:
+      params = vlm.init_params(self.config, jax.random.key(self.cfg.seed))
+    # Every process made the same values (same file / key), so each can put them onto the global mesh.
+    return jax.device_put(params, self.param_shardings)
 
   # ---- stages ----------------------------------------------------------------------------------------------------
   def _sft_stream(self, stage):
@@ -140,11 +153,17 @@ class Runner:
     if not idx:
       raise ValueError(f"stage {stage!r}: no '{want}' trajectories in the training split")
     cfg = dataclasses.replace(self.pcfg, batch_size=self.cfg.stages[stage].batch_size, seed=self.cfg.seed)
-    return iter(pipeline.make_dataset(Subset(src, idx), cfg, SftFeaturizer(cfg)))
+    return iter(pipeline.make_dataset(Subset(src, idx), cfg, SftFeaturizer(cfg), **self._rows(cfg.batch_size)))
 
   def _rl_stream(self, stage):
     cfg = dataclasses.replace(self.pcfg, batch_size=self.cfg.stages[stage].batch_size, seed=self.cfg.seed + 1)
-    return iter(pipeline.make_dataset(self.source_fn("train"), cfg, RlFeaturizer(cfg)))
+    return iter(pipeline.make_dataset(self.source_fn("train"), cfg, RlFeaturizer(cfg), **self._rows(cfg.batch_size)))
+
+  def _rows(self, global_batch):
+    """Pipeline arguments: this process's rows of every global batch (one global order for any process count)."""
+    import grain
+    rows = distributed.process_rows(batch_sharding(self.mesh, 1), (global_batch,))
+    return dict(shard=grain.sharding.NoSharding(), rows=rows)
 
   def run_sft(self, stage, state, start_step):
     s = self.cfg.stages[stage]
@@ -153,7 +172,7 @@ class Runner:
     for step in range(start_step, s.steps):
       t0 = time.time()
       with jax.set_mesh(self.mesh):
-        state, m = step_fn(state, self._shard(_sft_batch(next(it))))
+        state, m = step_fn(state, self._shard(_sft_batch(next(it)), s.batch_size))
       m = jax.device_get(m)
       self._warn_if_skipped(stage, step, m)
       m["tokens_per_s"] = float(m["tokens"]) / max(time.time() - t0, 1e-6)
@@ -186,11 +205,12 @@ class Runner:
       return x if isinstance(sh, NamedSharding) and sh.mesh == self.mesh else jax.device_put(x, rep)
     return jax.tree.map(put, state)
 
-  def _shard(self, batch):
-    """Batch arrays onto the mesh, split over ("data", "fsdp") on their batch axis (axis 1 of positions)."""
+  def _shard(self, batch, global_batch):
+    """This process's rows of a batch -> global arrays on the mesh, split over ("data", "fsdp") on the batch axis
+    (axis 1 of positions); `global_batch` rows in all."""
     def put(k, v):
       axis = 1 if k == "positions" and np.ndim(v) == 3 and np.shape(v)[0] == 3 else 0
-      return jax.device_put(v, batch_sharding(self.mesh, np.ndim(v), axis))
+      return distributed.to_global(batch_sharding(self.mesh, np.ndim(v), axis), v, global_batch, axis)
     return {k: put(k, v) for k, v in batch.items()}
 
   def _warn_if_skipped(self, stage, step, m):
@@ -228,6 +248,8 @@ class Runner:
     self._write_report(report)
 
   def _write_report(self, report):
+    if not distributed.is_primary():
+      return
     tmp = self.report_path + ".tmp"
     with open(tmp, "w") as f:
       json.dump(report, f, indent=2)
@@ -238,7 +260,7 @@ class Runner:
     if os.path.exists(self.report_path):
       with open(self.report_path) as f:
         report["stages"] = json.load(f).get("stages", {})
-    params = jax.device_put(self._init_params(), self.param_shardings)
+    params = self._init_params()
     self.global_step = 0
     stage_i, start_step = 0, 0
 
@@ -278,8 +300,10 @@ class Runner:
     self.ckpt.wait()
     final = os.path.join(self.workdir, "final_hf")
     from videor4_jax.convert.hf import save_pretrained
-    save_pretrained(final, self.config, state.params)
-    self.tok.save(final)
+    host_params = distributed.to_host(state.params)      # collective: every process takes part
+    if distributed.is_primary():
+      save_pretrained(final, self.config, host_params)
+      self.tok.save(final)
     report["final_checkpoint"] = final
     self._write_report(report)
     self.writer.close()

@@ -17,6 +17,7 @@ import numpy as np
 
 from videor4_jax.data.features import decode_strings
 from videor4_jax.eval.loop import final_segment
+from videor4_jax.parallel import distributed
 from videor4_jax.rl import grpo, rewards
 from videor4_jax.rumination.rollout import make_rollout_fn
 from videor4_jax.train import checkpoint as ckpt_lib
@@ -85,11 +86,13 @@ def run_grpo(runner, stage: str, state, start_step: int):
                                     "source_frames")}
     key = jax.random.fold_in(jax.random.key(cfg.seed), runner.global_step)
     with jax.set_mesh(runner.mesh):
-      traj = roll(state.params, runner._shard(inputs), key)
-    host = jax.device_get(traj)
+      traj = roll(state.params, runner._shard(inputs, s.batch_size), key)
+    # The text rewards are computed on the host, for the whole global batch, identically in every process.
+    host, answers = distributed.to_host((traj, runner._shard(
+        {k: batch[k] for k in ("answers", "num_answers")}, s.batch_size)))
     rows = host.tokens.shape[0]
     finals = [final_segment(runner.tok.decode(host.tokens[i][host.loss_mask[i] > 0])) for i in range(rows)]
-    golds = [decode_strings(batch["answers"][i // G], int(batch["num_answers"][i // G])) for i in range(rows)]
+    golds = [decode_strings(answers["answers"][i // G], int(answers["num_answers"][i // G])) for i in range(rows)]
     errors = np.where(host.actions.called, host.actions.error, 0)
     acc, fmt, _ = rewards.score_texts(rcfg, finals, golds, errors)
     n_actions = jnp.asarray(host.actions.called.sum(1))
@@ -111,7 +114,7 @@ def run_grpo(runner, stage: str, state, start_step: int):
     called = host.actions.called
     m.update(rumination_rate=float((called.sum(1) > 0).mean()), actions_per_rollout=float(called.sum(1).mean()),
              invalid_action_rate=float((errors != 0).sum() / max(called.sum(), 1)),
-             zero_variance_frac=float(np.mean(np.asarray(zero_var))),
+             zero_variance_frac=float(np.mean(distributed.to_host(zero_var))),
              tokens_per_s=float(host.num_generated.sum()) / max(time.time() - t0, 1e-6))
     if step % cfg.log_every == 0 or step == s.steps - 1:
       runner.writer.write(runner.global_step, m, prefix=f"{stage}/")
