@@ -253,3 +253,23 @@ def test_sharded_hf_checkpoint_loads_through_its_index(ckpt, tmp_path):
   _, params3 = videor4_jax.from_pretrained(str(out))
   norm = lambda p: p["params"]["decoder"]["norm"]["scale"]  # noqa: E731
   np.testing.assert_array_equal(norm(params3), norm(params))
+
+
+def test_initializer_range_sets_every_kernel_and_embedding_std():
+  """`initializer_range` (JAX-only; never written to config.json) is the std of every kernel and embedding."""
+  import dataclasses
+  from videor4_jax.model import vlm
+  from videor4_jax.model.config import ModelConfig, TextConfig, VisionConfig
+  from videor4_jax.convert.hf import config_to_hf_dict
+  base = ModelConfig(text=TextConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, mrope_section=(2, 3, 3)),
+                     vision=VisionConfig(depth=1, hidden_size=32, intermediate_size=64, num_heads=2,
+                                         out_hidden_size=64, fullatt_block_indexes=(0,)))
+  for std in (0.02, 0.08):
+    params = vlm.init_params(dataclasses.replace(base, initializer_range=std), jax.random.key(0))
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    weights = [(jax.tree_util.keystr(k), v) for k, v in leaves if str(k[-1].key) in ("kernel", "embedding")]
+    assert len(weights) >= 10
+    for name, w in weights:
+      assert abs(float(np.std(np.asarray(w))) / std - 1) < 0.15, (std, name, float(np.std(np.asarray(w))))
+  assert "initializer_range" not in json.dumps(config_to_hf_dict(base))

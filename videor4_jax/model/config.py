@@ -90,6 +90,7 @@ class ModelConfig:
   param_dtype: str = "float32"   # storage dtype of parameters
   scan_layers: bool = True       # lax.scan over decoder layers and vision blocks (compile time O(1) in depth)
   remat: str = "none"            # "none" | "full" | "dots": rematerialization policy per layer
+  initializer_range: float = 0.02  # std of the normal init of every kernel and embedding (HF's value is 0.02)
 
   def __post_init__(self):
     if self.vision.out_hidden_size != self.text.hidden_size:

@@ -9,10 +9,12 @@ import jax.numpy as jnp
 Dtype = jnp.dtype
 
 
-def dense(features: int, axes: tuple[str, str], *, use_bias: bool, dtype, param_dtype, name: str) -> nn.Dense:
-  """nn.Dense whose kernel `[in, out]` and bias `[out]` carry logical axis names for the sharding rules."""
+def dense(features: int, axes: tuple[str, str], *, use_bias: bool, dtype, param_dtype, name: str,
+          init_std: float = 0.02) -> nn.Dense:
+  """nn.Dense whose kernel `[in, out]` (init N(0, init_std^2)) and bias `[out]` (zeros) carry logical axis names
+  for the sharding rules."""
   return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
-                  kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), axes),
+                  kernel_init=nn.with_logical_partitioning(nn.initializers.normal(init_std), axes),
                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)))
 
 
@@ -39,10 +41,11 @@ class SwiGLU(nn.Module):
   use_bias: bool
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  init_std: float = 0.02
 
   @nn.compact
   def __call__(self, x):
-    kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype, init_std=self.init_std)
     gate = dense(self.intermediate, ("embed", "mlp"), name="gate_proj", **kw)(x)
     up = dense(self.intermediate, ("embed", "mlp"), name="up_proj", **kw)(x)
     h = nn.with_logical_constraint(jax.nn.silu(gate) * up, ("batch", "length", "mlp")) if x.ndim == 3 else (

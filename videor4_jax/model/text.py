@@ -59,7 +59,7 @@ class DecoderLayer(nn.Module):
     cos, sin, mask_bqk, write_index = consts
     h = RMSNorm(t.rms_norm_eps, dtype=dtype, param_dtype=pdt, name="input_layernorm")(x_btd)
     b, n, _ = x_btd.shape
-    kw = dict(dtype=dtype, param_dtype=pdt)
+    kw = dict(dtype=dtype, param_dtype=pdt, init_std=c.initializer_range)
     q = dense(t.num_attention_heads * t.head_dim, ("embed", "q_heads"), use_bias=True, name="q_proj", **kw)(h)
     k = dense(t.num_key_value_heads * t.head_dim, ("embed", "kv_heads"), use_bias=True, name="k_proj", **kw)(h)
     v = dense(t.num_key_value_heads * t.head_dim, ("embed", "kv_heads"), use_bias=True, name="v_proj", **kw)(h)
@@ -79,8 +79,7 @@ class DecoderLayer(nn.Module):
     attn = attn.reshape(b, n, t.num_attention_heads * t.head_dim)
     x_btd = x_btd + dense(t.hidden_size, ("q_heads", "embed"), use_bias=False, name="o_proj", **kw)(attn)
     h = RMSNorm(t.rms_norm_eps, dtype=dtype, param_dtype=pdt, name="post_attention_layernorm")(x_btd)
-    x_btd = x_btd + SwiGLU(t.hidden_size, t.intermediate_size, use_bias=False, dtype=dtype, param_dtype=pdt,
-                           name="mlp")(h)
+    x_btd = x_btd + SwiGLU(t.hidden_size, t.intermediate_size, use_bias=False, name="mlp", **kw)(h)
     x_btd = nn.with_logical_constraint(x_btd, ("batch", "length", "embed"))
     return x_btd, new_cache
 

@@ -65,20 +65,21 @@ class VisionBlock(nn.Module):
   def __call__(self, x_nd, is_full, consts):
     v = self.config.vision
     dtype, pdt = jnp.dtype(self.config.dtype), jnp.dtype(self.config.param_dtype)
+    std = self.config.initializer_range
     full_mask, window_mask, cos, sin = consts
     n = x_nd.shape[0]
     h = RMSNorm(v.rms_norm_eps, axis_name="vis_embed", dtype=dtype, param_dtype=pdt, name="norm1")(x_nd)
     qkv = dense(3 * v.hidden_size, ("vis_embed", "vis_heads"), use_bias=True, dtype=dtype, param_dtype=pdt,
-                name="qkv")(h).reshape(n, 3, v.num_heads, v.head_dim)
+                init_std=std, name="qkv")(h).reshape(n, 3, v.num_heads, v.head_dim)
     q = apply_rotary(qkv[:, 0], cos[:, None], sin[:, None])
     k = apply_rotary(qkv[:, 1], cos[:, None], sin[:, None])
     mask = jnp.where(is_full, full_mask, window_mask)
     attn = masked_attention(q[None], k[None], qkv[None, :, 2], mask[None], scale=v.head_dim ** -0.5)[0]
     x_nd = x_nd + dense(v.hidden_size, ("vis_heads", "vis_embed"), use_bias=True, dtype=dtype, param_dtype=pdt,
-                        name="proj")(attn.reshape(n, v.hidden_size))
+                        init_std=std, name="proj")(attn.reshape(n, v.hidden_size))
     h = RMSNorm(v.rms_norm_eps, axis_name="vis_embed", dtype=dtype, param_dtype=pdt, name="norm2")(x_nd)
     x_nd = x_nd + SwiGLU(v.hidden_size, v.intermediate_size, use_bias=True, dtype=dtype, param_dtype=pdt,
-                         name="mlp")(h)
+                         init_std=std, name="mlp")(h)
     return x_nd, None
 
 
@@ -90,13 +91,14 @@ class PatchMerger(nn.Module):
   def __call__(self, x_nc):
     v = self.config.vision
     dtype, pdt = jnp.dtype(self.config.dtype), jnp.dtype(self.config.param_dtype)
+    std = self.config.initializer_range
     x_nc = RMSNorm(v.rms_norm_eps, axis_name="vis_embed", dtype=dtype, param_dtype=pdt, name="ln_q")(x_nc)
     unit = v.spatial_merge_size ** 2
     x = x_nc.reshape(x_nc.shape[0] // unit, unit * v.hidden_size)
     x = dense(unit * v.hidden_size, ("vis_mlp", "vis_mlp2"), use_bias=True, dtype=dtype, param_dtype=pdt,
-              name="fc1")(x)
+              init_std=std, name="fc1")(x)
     x = jax.nn.gelu(x, approximate=False)
-    return dense(v.out_hidden_size, ("vis_mlp2", "embed"), use_bias=True, dtype=dtype, param_dtype=pdt,
+    return dense(v.out_hidden_size, ("vis_mlp2", "embed"), use_bias=True, dtype=dtype, param_dtype=pdt, init_std=std,
                  name="fc2")(x)
 
 
@@ -107,9 +109,9 @@ class VisionTower(nn.Module):
   @nn.compact
   def __call__(self, pixel_values, grid_thw):
     c, v = self.config, self.config.vision
-    dtype, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+    dtype, pdt, std = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype), c.initializer_range
     n = pixel_values.shape[0]
-    x = dense(v.hidden_size, ("vis_patch", "vis_embed"), use_bias=False, dtype=dtype, param_dtype=pdt,
+    x = dense(v.hidden_size, ("vis_patch", "vis_embed"), use_bias=False, dtype=dtype, param_dtype=pdt, init_std=std,
               name="patch_embed")(pixel_values.astype(dtype))
     consts = vision_masks(c, grid_thw, n)
     is_full = jnp.isin(jnp.arange(v.depth), jnp.asarray(v.fullatt_block_indexes, jnp.int32))

@@ -21,14 +21,14 @@ class Qwen25VL(nn.Module):
     c = self.config
     self.embed = nn.Embed(c.text.vocab_size, c.text.hidden_size, dtype=jnp.dtype(c.dtype),
                           param_dtype=jnp.dtype(c.param_dtype),
-                          embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                          embedding_init=nn.with_logical_partitioning(nn.initializers.normal(c.initializer_range),
                                                                       ("vocab", "embed")))
     self.visual = VisionTower(c)
     self.decoder = TextDecoder(c)
     if not c.tie_word_embeddings:
       self.lm_head = nn.Dense(c.text.vocab_size, use_bias=False, dtype=jnp.dtype(c.dtype),
                               param_dtype=jnp.dtype(c.param_dtype),
-                              kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                              kernel_init=nn.with_logical_partitioning(nn.initializers.normal(c.initializer_range),
                                                                        ("embed", "vocab")))
 
   def embed_tokens(self, ids):
