@@ -48,10 +48,10 @@ def get_config() -> ml_collections.ConfigDict:
   # The paper's curriculum. Reward weights per RL stage (PAPER section 5: lambdas not published; our choice).
   c.curriculum = "drp_sft,rl_d,crp_sft,rl_c"
   c.stages = dict(
-      drp_sft=dict(kind="sft", trajectories="deliberate", steps=120, lr=2e-3, warmup_steps=10, batch_size=8),
+      drp_sft=dict(kind="sft", trajectories="deliberate", steps=300, lr=2e-3, warmup_steps=10, batch_size=8),
       rl_d=dict(kind="grpo", steps=10, lr=2e-4, batch_size=4,
                 rewards=dict(accuracy="anls", w_format=0.2, w_div=0.0, w_rep=0.0, w_cur=1.0)),
-      crp_sft=dict(kind="sft", trajectories="compositional", steps=80, lr=1e-3, warmup_steps=5, batch_size=8),
+      crp_sft=dict(kind="sft", trajectories="compositional", steps=150, lr=1e-3, warmup_steps=5, batch_size=8),
       rl_c=dict(kind="grpo", steps=10, lr=2e-4, batch_size=4,
                 rewards=dict(accuracy="anls", w_format=0.2, w_div=0.1, w_rep=0.1, w_cur=1.0)),
   )

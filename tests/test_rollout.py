@@ -109,9 +109,9 @@ def rollout2(setup):
 
 
 # What each case must exercise (1 = crop, 2 = clip executed without error). With these random weights greedy
-# decoding writes degenerate boxes, so greedy crops end in error observations (seed 14); executed crops come from the
+# decoding writes degenerate boxes, so greedy crops end in error observations (seed 17); executed crops come from the
 # sampled case.
-MUST = {(True, 0): ({2}, False), (True, 14): ({2}, True), (False, 0): ({1, 2}, True)}
+MUST = {(True, 1): ({2}, False), (True, 17): ({2}, True), (False, 0): ({1, 2}, True)}
 
 
 @pytest.mark.parametrize("greedy,seed", list(MUST))
