@@ -90,14 +90,19 @@ GOOD = {"qid": "q1", "video_id": "v1", "question": "What is on the sign?", "answ
                   {"think": "done", "answer": "A3"}]}
 
 
-def _with(**kw):
-  d = json.loads(json.dumps(GOOD))
+def _edited(base, **kw):
+  """A deep copy of `base` with fields set (`None` removes the field)."""
+  d = json.loads(json.dumps(base))
   for k, v in kw.items():
     if v is None:
       d.pop(k)
     else:
       d[k] = v
   return d
+
+
+def _with(**kw):
+  return _edited(GOOD, **kw)
 
 
 def _step(action):
@@ -141,13 +146,7 @@ M4_ROW = {"question": "what is on the sign?", "answers": ["a1", "x"], "video_id"
 
 
 def _m4(**kw):
-  d = dict(M4_ROW)
-  for k, v in kw.items():
-    if v is None:
-      d.pop(k)
-    else:
-      d[k] = v
-  return d
+  return _edited(M4_ROW, **kw)
 
 
 @pytest.mark.parametrize("row, words", [
