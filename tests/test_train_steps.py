@@ -27,9 +27,11 @@ def sft_batch(tok, config, env, n=2, seed=0):
 def test_sft_overfits_a_small_batch():
   tok, config, params, env = make_setup()
   batch, _ = sft_batch(tok, config, env)
+  # clip_norm 1: the biased fixture starts at loss ~38 with huge gradients; at clip 10 Adam overshoots and the
+  # loss hovers near 0.13 after 150 steps (measured), at clip 1 it reaches 4e-4.
   state = TrainState.create(params, make_optimizer(OptimConfig(lr=1e-2, warmup_steps=10, total_steps=150,
                                                                 end_lr_ratio=1.0, weight_decay=0.0,
-                                                                clip_norm=10.0)))
+                                                                clip_norm=1.0)))
   step = jax.jit(functools.partial(sft_step, config))
   losses = []
   for _ in range(150):
@@ -135,13 +137,19 @@ def test_sharded_steps_equal_single_device():
       np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=2e-5, atol=2e-6, err_msg=f"{name}/{k}")
     # Params moved by -grad: compare the gradients, relative to the largest gradient entry of each tensor
     # (fp32 reductions over a different device split). GRPO's advantages of both signs cancel in the sum, so its
-    # gradients are small against their terms: measured worst 1.2e-4 (SFT) and 2.9e-3 (GRPO, final norm scale).
-    tol = 1e-3 if name == "sft" else 1e-2
+    # gradients are small against their terms. Measured worst: 1.2e-4 (SFT), 6.9e-4 (GRPO). The exception is
+    # residual dim 0 of the RMSNorm scales: the fixture's constant bias direction (embedding dim 0 = 1.0, read by
+    # the LM head with weights up to 8), whose per-token gradient terms are ~100x the sum they cancel to
+    # (measured 1.0e-2 and 1.1e-2 relative on two machines); it gets its own bound.
+    tol = 1e-3 if name == "sft" else 3e-3
     def close(path, got_p, want_p, p0):
       g_got, g_want = np.asarray(p0) - np.asarray(got_p), np.asarray(p0) - np.asarray(want_p)
-      scale = np.abs(g_want).max() + 1e-12
-      assert np.abs(g_got - g_want).max() / scale < tol, (name, jax.tree_util.keystr(path),
-                                                           np.abs(g_got - g_want).max(), scale)
+      err, scale = np.abs(g_got - g_want), np.abs(g_want).max() + 1e-12
+      key = jax.tree_util.keystr(path)
+      if key.startswith("['params']['decoder']") and key.endswith("['scale']"):
+        assert err[..., 0].max() / scale < 5e-2, (name, key, "dim 0", err[..., 0].max(), scale)
+        err = err[..., 1:]
+      assert err.max() / scale < tol, (name, key, err.max(), scale)
     jax.tree_util.tree_map_with_path(close, got_state.params, want_state.params, params)
 
 
