@@ -143,13 +143,24 @@ def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, gre
       c, stop_b = decode_segment(state, step)
       called_b = (stop_b == STOP_TOOL_CALL) & ~was_done_b
       action = env.parse_action(c["step_tokens"], c["step_len"])
-      obs = env.observe(params, prompts["source_frames"], action, called_b, c["counter"])
+
+      def observe_and_prefill(_):
+        obs = env.observe(params, prompts["source_frames"], action, called_b, c["counter"])
+        h_bnd, cache = env.decode(params, obs["embeds"], obs["positions"], obs["valid"], c["cache"], c["write"])
+        n_b = obs["valid"].sum(-1).astype(jnp.int32)
+        last_h_bd = jnp.take_along_axis(h_bnd, jnp.maximum(n_b - 1, 0)[:, None, None], axis=1)[:, 0]
+        obs = {k: v for k, v in obs.items() if k != "embeds"}
+        return cache, jnp.where(called_b[:, None], env.logits(params, last_h_bd), c["logits"]), obs
+
+      # When no row called a tool, the vision tower and the observation prefill would only write masked slots:
+      # skip them. Their outputs for rows that did not call are exactly zero (no valid token, no pixels, error 0),
+      # so the skip branch returns zeros. Rows that answered early stop costing vision compute this way.
+      out_shape = jax.eval_shape(observe_and_prefill, None)[2]
+      skip = lambda _: (c["cache"], c["logits"], jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape))
+      cache, logits_bv, obs = jax.lax.cond(jnp.any(called_b), observe_and_prefill, skip, None)
       chunk_valid_bn = obs["valid"]
       pos_3bn, next_counter_b = obs["positions"], obs["next_counter"]
-      h_bnd, cache = env.decode(params, obs["embeds"], pos_3bn, chunk_valid_bn, c["cache"], c["write"])
       n_b = chunk_valid_bn.sum(-1).astype(jnp.int32)
-      last_h_bd = jnp.take_along_axis(h_bnd, jnp.maximum(n_b - 1, 0)[:, None, None], axis=1)[:, 0]
-      logits_bv = jnp.where(called_b[:, None], env.logits(params, last_h_bd), c["logits"])
       r = c["rec"]
       w = c["write"]
       keep = lambda buf, upd: jnp.where(called_b[:, None], _write_rows(buf, upd, w), buf)
