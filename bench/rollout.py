@@ -22,7 +22,8 @@ One random Qwen2.5-VL (JAX init, biased so that it really calls crop/clip tools:
                pixels (`pixel_values` + `image_grid_thw` for a crop, `pixel_values_videos` + `video_grid_thw`
                for a clip, `mm_token_type_ids` for M-RoPE).
 
-Tokens = generated tokens (stop token included). Each implementation is timed once, after a warm-up.
+Tokens = generated tokens (stop token included). Each implementation is timed `--repeats` times after a warm-up
+(median reported, all runs kept in the JSON).
 """
 from __future__ import annotations
 
@@ -289,9 +290,20 @@ def hf_rollout(model, tok, env, prompts):
 
 
 # ------------------------------------------------------------------------------------------------ main
+def timed(fn, repeats):
+  """(last result, median seconds, every run's seconds) of `repeats` calls of fn."""
+  runs = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    out = fn()
+    runs.append(round(time.perf_counter() - t0, 4))
+  return out, float(np.median(runs)), runs
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--quick", action="store_true", help="~15M-parameter model, smaller frames, T=40 (about a minute)")
+  ap.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (median reported)")
   ap.add_argument("--out", default=None, help="result JSON (default bench/results/rollout[_quick].json)")
   args = ap.parse_args()
   import torch
@@ -324,14 +336,12 @@ def main():
   compiled = fn.lower(params, prompts, key).compile()
   compile_s = time.perf_counter() - t0
   jax.block_until_ready(compiled(params, prompts, key))               # warm-up
-  t0 = time.perf_counter()
-  traj = jax.block_until_ready(compiled(params, prompts, key))
-  dt = time.perf_counter() - t0
+  traj, dt, runs = timed(lambda: jax.block_until_ready(compiled(params, prompts, key)), args.repeats)
   ntok = int(traj.num_generated.sum())
   ours_gen = [np.asarray(traj.tokens[b])[np.asarray(traj.loss_mask[b]) > 0].tolist() for b in range(B * G)]
   called, err = np.asarray(traj.actions.called), np.asarray(traj.actions.error)
   kind = np.asarray(traj.actions.kind)
-  res["ours_kv"] = dict(tokens=ntok, seconds=round(dt, 3), tokens_per_s=round(ntok / dt, 1),
+  res["ours_kv"] = dict(tokens=ntok, seconds=round(dt, 3), runs_s=runs, tokens_per_s=round(ntok / dt, 1),
                         compile_s=round(compile_s, 2), calls=int(called.sum()),
                         crops_ok=int((called & (err == 0) & (kind == 1)).sum()),
                         clips_ok=int((called & (err == 0) & (kind == 2)).sum()),
@@ -345,12 +355,10 @@ def main():
   t0 = time.perf_counter()
   run(params, rep_j)                                                  # compiles one graph per turn
   first = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  st = run(params, rep_j)
-  dt = time.perf_counter() - t0
+  st, dt, runs = timed(lambda: run(params, rep_j), args.repeats)
   ntok = int(st["num_generated"].sum())
   rp_gen = [np.asarray(st["tokens"][b])[np.asarray(st["loss_mask"][b])].tolist() for b in range(B * G)]
-  res["ours_reprefill"] = dict(tokens=ntok, seconds=round(dt, 3), tokens_per_s=round(ntok / dt, 1),
+  res["ours_reprefill"] = dict(tokens=ntok, seconds=round(dt, 3), runs_s=runs, tokens_per_s=round(ntok / dt, 1),
                                compile_s=round(first - dt, 2), first_run_s=round(first, 2))
   print("ours (re-prefill):", res["ours_reprefill"], flush=True)
 
@@ -360,11 +368,9 @@ def main():
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(d, dtype=torch.float32).eval()
   warm = {k: v[:2] for k, v in rep.items()}
   hf_rollout(model, tok, make_env(config, dataclasses.replace(rc, max_steps=1, max_step_tokens=4), tok, s["frames"]), warm)
-  t0 = time.perf_counter()
-  hf_gen = hf_rollout(model, tok, env, rep)
-  dt = time.perf_counter() - t0
+  hf_gen, dt, runs = timed(lambda: hf_rollout(model, tok, env, rep), args.repeats)
   ntok = sum(map(len, hf_gen))
-  res["hf"] = dict(tokens=ntok, seconds=round(dt, 3), tokens_per_s=round(ntok / dt, 1), batched=True,
+  res["hf"] = dict(tokens=ntok, seconds=round(dt, 3), runs_s=runs, tokens_per_s=round(ntok / dt, 1), batched=True,
                    attn_implementation=model.config._attn_implementation, torch_threads=torch.get_num_threads(),
                    note="rows batched with left padding; finished rows leave the batch between turns")
   print("HF:", res["hf"], flush=True)
@@ -379,7 +385,7 @@ def main():
   res["machine"] = dict(host=platform.node(), cpus=os.cpu_count(), loadavg=[round(x, 2) for x in os.getloadavg()],
                         jax=jax.__version__, jax_backend=jax.default_backend(), torch=torch.__version__,
                         transformers=transformers.__version__, python=platform.python_version(),
-                        note="timed once after warm-up; the machine may be shared (see loadavg)")
+                        note=f"median of {args.repeats} timed runs after warm-up; the machine may be shared (see loadavg)")
   out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                  "rollout_quick.json" if args.quick else "rollout.json")
   os.makedirs(os.path.dirname(out), exist_ok=True)

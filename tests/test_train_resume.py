@@ -110,13 +110,14 @@ def test_resume_in_a_stage_with_another_optimizer_structure(data_dir, tmp_path, 
   back to an older checkpoint."""
   c = small_config(data_dir, drp_sft=1, crp_sft=3)
   c.curriculum, c.checkpoint_every = "drp_sft,crp_sft", 1
-  c.stages.crp_sft.freeze_vision = True
+  c.stages.drp_sft.freeze_vision, c.stages.crp_sft.freeze_vision = False, True
   tok, source_fn = Tokenizer.tiny(), make_source_fn(c.data)
   Runner(c, str(tmp_path / "a"), source_fn, tok).run()
   with pytest.raises(Crash):       # saved at global steps 1 (drp_sft end) and 2 (crp_sft step 1), dies after 3
     CrashingRunner(c, str(tmp_path / "b"), source_fn, tok, crash_at=3).run()
   wrong = small_config(data_dir, drp_sft=1, crp_sft=3)
   wrong.curriculum, wrong.checkpoint_every = "drp_sft,crp_sft", 1
+  wrong.stages.drp_sft.freeze_vision = wrong.stages.crp_sft.freeze_vision = False
   with pytest.raises(CheckpointMismatch, match=r"checkpoints/2 .*'crp_sft'.*freeze_vision.*new workdir"):
     Runner(wrong, str(tmp_path / "b"), source_fn, tok).run()
   capsys.readouterr()

@@ -15,10 +15,17 @@ from videor4_jax.train.steps import TrainState, grpo_step, sft_step
 
 
 def sft_batch(tok, config, env, n=2, seed=0):
-  """Teacher-forced batches from greedy rollouts of the fixture model (any trajectory is a valid SFT target)."""
+  """Teacher-forced batches from greedy rollouts of the fixture model (any trajectory is a valid SFT target).
+  Rolled out once per (n, seed) for the module: the batches are immutable arrays and the rollout compile is
+  the slow part."""
+  return _rolled_out(n, seed)
+
+
+@functools.lru_cache(maxsize=None)
+def _rolled_out(n, seed):
+  tok, config, params, env = make_setup(seed=seed)
   prompts = make_prompts(tok, config, n, seed=seed)
-  traj = make_rollout_fn(env, greedy=True)(jax.tree.map(lambda x: x, make_setup(seed=seed)[2]), prompts,
-                                           jax.random.key(seed))
+  traj = make_rollout_fn(env, greedy=True)(params, prompts, jax.random.key(seed))
   return dict(tokens=traj.tokens, positions=traj.positions, valid=traj.valid, mm_types=traj.mm_types,
               loss_mask=traj.loss_mask, video_pixels=traj.video_pixels, video_grid=traj.video_grid,
               obs_pixels=traj.obs_pixels, obs_grid=traj.obs_grid, logp=traj.logp), traj
