@@ -14,15 +14,11 @@ from videor4_jax.train.optim import OptimConfig, make_optimizer
 from videor4_jax.train.steps import TrainState, grpo_step, sft_step
 
 
-def sft_batch(tok, config, env, n=2, seed=0):
+@functools.lru_cache(maxsize=None)
+def sft_batch(n=2, seed=0):
   """Teacher-forced batches from greedy rollouts of the fixture model (any trajectory is a valid SFT target).
   Rolled out once per (n, seed) for the module: the batches are immutable arrays and the rollout compile is
   the slow part."""
-  return _rolled_out(n, seed)
-
-
-@functools.lru_cache(maxsize=None)
-def _rolled_out(n, seed):
   tok, config, params, env = make_setup(seed=seed)
   prompts = make_prompts(tok, config, n, seed=seed)
   traj = make_rollout_fn(env, greedy=True)(params, prompts, jax.random.key(seed))
@@ -33,7 +29,7 @@ def _rolled_out(n, seed):
 
 def test_sft_overfits_a_small_batch():
   tok, config, params, env = make_setup()
-  batch, _ = sft_batch(tok, config, env)
+  batch, _ = sft_batch()
   # clip_norm 1: the biased fixture starts at loss ~38 with huge gradients; at clip 10 Adam overshoots and the
   # loss hovers near 0.13 after 150 steps (measured), at clip 1 it reaches 4e-4.
   state = TrainState.create(params, make_optimizer(OptimConfig(lr=1e-2, warmup_steps=10, total_steps=150,
@@ -105,7 +101,7 @@ def test_grpo_raises_a_toy_reward():
 
 def test_nan_batch_is_skipped():
   tok, config, params, env = make_setup()
-  batch, _ = sft_batch(tok, config, env)
+  batch, _ = sft_batch()
   batch = dict(batch, video_pixels=batch["video_pixels"].at[0, 0, 0].set(jnp.nan))
   state = TrainState.create(params, make_optimizer(OptimConfig(lr=1e-3, total_steps=10)))
   new, m = jax.jit(functools.partial(sft_step, config))(state, batch)
@@ -119,7 +115,7 @@ def test_sharded_steps_equal_single_device():
   from jax.sharding import NamedSharding, PartitionSpec as P
   from videor4_jax.parallel.sharding import make_mesh, param_shardings
   tok, config, params, env = make_setup()
-  batch, traj = sft_batch(tok, config, env, n=4)
+  batch, traj = sft_batch(n=4)
   gbatch = dict(batch, loss_mask=batch["loss_mask"] * ~traj.forced,
                 advantages=jnp.asarray([1.0, -1.0, 0.5, -0.5]), logp=batch["logp"] - 0.01)
   import optax
@@ -162,7 +158,7 @@ def test_sharded_steps_equal_single_device():
 
 def test_frozen_vision_tower_gets_no_update():
   tok, config, params, env = make_setup()
-  batch, _ = sft_batch(tok, config, env)
+  batch, _ = sft_batch()
   tx = make_optimizer(OptimConfig(lr=1e-2, total_steps=10, freeze_vision=True))
   new, m = jax.jit(functools.partial(sft_step, config))(TrainState.create(params, tx), batch)
   jax.tree.map(np.testing.assert_array_equal, new.params["params"]["visual"], params["params"]["visual"])
@@ -175,7 +171,7 @@ def test_frozen_vision_tower_gets_no_update():
 def _grpo_wiring_setup():
   """A 4-row GRPO batch (2 groups of 2) and the jitted steps of two Dr. GRPO configs (compiled once per module)."""
   tok, config, params, env = make_setup()
-  batch, traj = sft_batch(tok, config, env, n=4)
+  batch, traj = sft_batch(n=4)
   gbatch = dict(batch, loss_mask=batch["loss_mask"] * ~traj.forced, advantages=jnp.asarray([1.0, -1.0, 0.5, -0.5]),
                 logp=batch["logp"] - 0.01, keep=jnp.ones((4,), bool))
   S = int(batch["tokens"].shape[1])

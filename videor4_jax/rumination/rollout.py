@@ -154,7 +154,7 @@ def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, gre
 
       # When no row called a tool, the vision tower and the observation prefill would only write masked slots:
       # skip them. Their outputs for rows that did not call are exactly zero (no valid token, no pixels, error 0),
-      # so the skip branch returns zeros. Rows that answered early stop costing vision compute this way.
+      # so the skip branch returns zeros. A step after every row has answered then costs no vision compute.
       out_shape = jax.eval_shape(observe_and_prefill, None)[2]
       skip = lambda _: (c["cache"], c["logits"], jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape))
       cache, logits_bv, obs = jax.lax.cond(jnp.any(called_b), observe_and_prefill, skip, None)
