@@ -36,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data = dict(name="synthetic_textvideo", data_dir="runs/data", seed=0, num_train=800, num_validation=20,
                 num_test=48,
                 task=dict(crop_text_px=2.0, crop_box_frac=0.16, jitter_px=0, obs_hw=OBS_HW, code_len=(1, 1),
-                          text_plate=True, name_position=True, num_distractors=1, alphabet="0123456789",
+                          text_plate=True, plate_flashes=False, name_position=True, num_distractors=1, alphabet="0123456789",
                           question_types=("crop", "clip_crop")))
   c.pipeline = dict(batch_size=8, num_frames=8, source_hw=(224, 224), global_hw=(56, 56), max_prompt_tokens=128,
                     max_seq_tokens=256, obs_hw=OBS_HW, max_observations=2, max_clip_frames=4,
@@ -56,11 +56,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.stages = dict(
       drp_sft=dict(kind="sft", trajectories="deliberate", steps=400, lr=2e-3, warmup_steps=10, batch_size=8,
                    freeze_vision=True),
-      rl_d=dict(kind="grpo", steps=10, lr=2e-4, batch_size=4, freeze_vision=True,
+      rl_d=dict(kind="grpo", trajectories="all", steps=10, lr=2e-4, batch_size=4, freeze_vision=True,
                 rewards=dict(accuracy="anls", w_format=0.2, w_div=0.0, w_rep=0.0, w_cur=1.0)),
       crp_sft=dict(kind="sft", trajectories="compositional", steps=150, lr=1e-3, warmup_steps=5, batch_size=8,
                    freeze_vision=True),
-      rl_c=dict(kind="grpo", steps=10, lr=2e-4, batch_size=4, freeze_vision=True,
+      rl_c=dict(kind="grpo", trajectories="all", steps=10, lr=2e-4, batch_size=4, freeze_vision=True,
                 rewards=dict(accuracy="anls", w_format=0.2, w_div=0.1, w_rep=0.1, w_cur=1.0)),
   )
   c.eval = dict(split="test", num_examples=48, batch_size=16)

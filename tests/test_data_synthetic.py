@@ -127,6 +127,29 @@ def test_text_plate_and_tight_gold_box():
         assert (ink > 10) == (f + 1 in t.evidence["frames"]), (qtype, i, f)
 
 
+def test_plate_flashes_with_its_text():
+  """plate_flashes: a flashing code's plate shows on exactly the code's frames; everything else is unchanged."""
+  kw = dict(crop_text_px=2.0, crop_box_frac=0.16, jitter_px=0, obs_hw=(28, 28), code_len=(1, 1), text_plate=True,
+            num_distractors=1, question_types=("crop", "clip_crop"))
+  static, flashing = synthetic.SyntheticConfig(**kw), synthetic.SyntheticConfig(**kw, plate_flashes=True)
+  checked = 0
+  for i in range(8):
+    a, b = (synthetic.generate(c, 0, i, question_type="clip_crop") for c in (static, flashing))
+    assert a.trajectory == b.trajectory
+    if synthetic.PALETTE[b.trajectory.evidence["colour"]][0] == synthetic.PLATE_RGB:
+      continue    # a white sign's plate cannot be seen, flashing or not
+    checked += 1
+    x1, y1, x2, y2 = (np.array(b.trajectory.evidence["boxes"][0]) * 224).round().astype(int)
+    for f in range(8):
+      shown = f + 1 in b.trajectory.evidence["frames"]
+      assert np.array_equal(a.frames_fhw3[f], b.frames_fhw3[f]) == shown, (i, f)   # identical while shown
+      ink_or_plate = (b.frames_fhw3[f, y1:y2, x1:x2].min(-1) > 200) | (b.frames_fhw3[f, y1:y2, x1:x2].max(-1) < 60)
+      assert (ink_or_plate.mean() > 0.5) == shown, (i, f)           # no plate at all while the code is hidden
+    c, d = (synthetic.generate(cfg, 0, i, question_type="crop") for cfg in (static, flashing))
+    np.testing.assert_array_equal(c.frames_fhw3, d.frames_fhw3)   # a code shown on every frame keeps a static plate
+  assert checked >= 4
+
+
 @pytest.mark.parametrize("kw,msg", [(dict(crop_box_frac=0.0), "crop_box_frac"),
                                     (dict(crop_box_frac=0.05), "gold crop box"),
                                     (dict(crop_text_px=4.0, crop_box_frac=0.5, obs_hw=(84, 84)), "0.75-px strokes")])

@@ -136,6 +136,7 @@ def test_resume_in_a_stage_with_another_optimizer_structure(data_dir, tmp_path, 
     (lambda c: c.grpo.update(aggregation="mean"), r"config\.grpo: aggregation='mean'"),
     (lambda c: setattr(c.stages.rl_d.rewards, "accuracy", "bleu"), r"config\.stages\.rl_d\.rewards: .*'bleu'"),
     (lambda c: c.stages.rl_d.update(grad_accum=0), r"config\.stages\.rl_d: optimizer.*grad_accum"),
+    (lambda c: setattr(c.stages.rl_d, "trajectories", "atomic"), r"config\.stages\.rl_d\.trajectories='atomic'"),
 ])
 def test_runner_rejects_bad_stage_config_before_any_stage_runs(data_dir, tmp_path, override, match):
   """The GRPO / reward / optimizer settings of every stage are checked when the Runner is built, not when the
@@ -158,3 +159,17 @@ def test_stage_grad_accum_reaches_the_optimizer(data_dir, tmp_path):
   params = {"w": jnp.ones(3)}
   assert isinstance(r._optimizer("rl_d").init(params), optax.MultiStepsState)
   assert not isinstance(r._optimizer("drp_sft").init(params), optax.MultiStepsState)
+
+
+def test_stage_trajectories_pick_the_training_examples(data_dir, tmp_path):
+  """SFT stages train on, and GRPO stages draw prompts from, the training examples of the stage's kind."""
+  c = small_config(data_dir)
+  c.stages.rl_d.trajectories, c.stages.rl_c.trajectories = "compositional", "all"
+  r = Runner(c, str(tmp_path / "w"), make_source_fn(c.data), Tokenizer.tiny())
+  kind = lambda ex: ex["kind"].decode() if isinstance(ex["kind"], bytes) else ex["kind"]   # noqa: E731
+  kinds = lambda stage: [kind(ex) for ex in (r._train_examples(stage)[i] for i in range(len(r._train_examples(stage))))]
+  everything = kinds("rl_c")
+  assert {"deliberate", "compositional"} <= set(everything)
+  assert set(kinds("drp_sft")) == {"deliberate"} and set(kinds("rl_d")) == {"compositional"}
+  assert len(kinds("drp_sft")) + len(kinds("crp_sft")) == everything.count("deliberate") + everything.count(
+      "compositional")

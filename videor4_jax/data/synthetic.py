@@ -81,6 +81,10 @@ class SyntheticConfig:
   max_global_stroke_px: the widest text stroke allowed in the global view (legibility bound above).
   text_plate:       codes sit on a static light plate (the gold box's size) in black ink, as on a label, rather
                     than in the sign's ink colour on the sign: the crop then varies with the text, not the sign.
+  plate_flashes:    with text_plate, a flashing text's plate shows only on the text's frames (a caption box that
+                    pops up with its caption): *when* the text is shown is visible in the global view, *what* it
+                    says is not. Without it the only temporal change is 0.5-px strokes, which a tiny model did not
+                    localise in time (measured: one constant clip for every clip_crop question after CRP-SFT).
   name_position:    questions name where the sign is ("... on the red sign at the top left?"), so the crop box
                     follows from the question. Without it the model must find the sign by its colour in the
                     global view: mapping a colour to a grid position through relative (rotary) positions only is
@@ -107,6 +111,7 @@ class SyntheticConfig:
   crop_box_frac: float = 1.0
   max_global_stroke_px: float = 0.5
   text_plate: bool = False
+  plate_flashes: bool = False
   name_position: bool = False
 
   def __post_init__(self):
@@ -241,15 +246,24 @@ def render_video(cfg: SyntheticConfig, rng: np.random.Generator, signs: list[dic
     top, left = r * ch + slack_y + jy, c * cw + slack_x + jx
     layout.append((top, left))
     base_hw3[top:top + sh, left:left + sw] = PALETTE[s["colour"]][0]
+  plates = []   # (sign, plate slices) of plates drawn per frame
+  for s, (top, left) in zip(signs, layout):
     if cfg.text_plate and s["code"]:
-      # A static light plate under the text, a little larger than the gold crop box (or the code).
+      # A light plate under the text, a little larger than the gold crop box (or the code).
       th, tw = glyphs.code_size(len(s["code"]), s["scale"])
       ph, pw = (max(t + 2, round(c * cfg.crop_box_frac) + 2) for t, c in ((th, ch), (tw, cw)))   # +2: box rounding
       cy, cx = top + (sh - th) // 2 + th // 2, left + (sw - tw) // 2 + tw // 2
-      base_hw3[cy - ph // 2:cy - ph // 2 + ph, cx - pw // 2:cx - pw // 2 + pw] = PLATE_RGB
+      plate = (slice(cy - ph // 2, cy - ph // 2 + ph), slice(cx - pw // 2, cx - pw // 2 + pw))
+      if cfg.plate_flashes and s["frames"] is not None:
+        plates.append((s, plate))
+      else:
+        base_hw3[plate] = PLATE_RGB
   frames = []
   for f in range(cfg.num_frames):
     img = base_hw3 + texture_hw3
+    for s, plate in plates:
+      if f in s["frames"]:
+        img[plate] = np.asarray(PLATE_RGB, np.float32) + texture_hw3[plate]
     if cfg.frame_noise_std > 0:
       img = img + rng.normal(0, cfg.frame_noise_std, size=(h, w, 3)).astype(np.float32)
     img = np.clip(np.rint(img), 0, 255).astype(np.uint8)

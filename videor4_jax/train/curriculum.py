@@ -1,7 +1,8 @@
 """The four-stage curriculum runner (DRP-SFT -> RL_d -> CRP-SFT -> RL_c), resumable at any stage and step.
 
 Each stage is `sft` (teacher forcing on gold trajectories of one kind: deliberate or compositional) or `grpo`
-(rollouts with G generations, Video-R4 rewards, group advantages, mu updates per rollout batch). Parameters carry
+(rollouts with G generations on prompts of one kind or all, Video-R4 rewards, group advantages, mu updates per
+rollout batch). Parameters carry
 over between stages; each stage has its own optimizer, schedule and reward weights. Checkpoints hold params,
 optimizer state, stage, step and RNG; after every stage the held-out split is evaluated with and without
 rumination, and `report.json` collects the results.
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from videor4_jax.data import pipeline
+from videor4_jax.data import pipeline, schema
 from videor4_jax.data.features import RlFeaturizer, SftFeaturizer
 from videor4_jax.eval.loop import evaluate
 from videor4_jax.model import vlm
@@ -72,6 +73,9 @@ def validate_curriculum(cfg):
       raise ValueError(f"unknown stage {n!r} in config.curriculum; defined stages: {sorted(cfg.stages.keys())}")
     if cfg.stages[n].kind not in STAGE_KINDS:
       raise ValueError(f"stage {n!r}: kind={cfg.stages[n].kind!r}; expected one of {STAGE_KINDS}")
+    want = cfg.stages[n].get("trajectories", "all")
+    if want not in schema.KINDS + ("all",):
+      raise ValueError(f"config.stages.{n}.trajectories={want!r}; expected one of {schema.KINDS + ('all',)}")
   return names
 
 
@@ -144,20 +148,30 @@ class Runner:
     return jax.device_put(params, self.param_shardings)
 
   # ---- stages ----------------------------------------------------------------------------------------------------
-  def _sft_stream(self, stage):
-    want = self.cfg.stages[stage].trajectories
+  def _train_examples(self, stage):
+    """The training split restricted to the stage's `trajectories` kind ("all": every example). SFT stages train
+    on those gold trajectories; GRPO stages sample their prompts from them (RL_d deliberate, RL_c compositional)."""
+    want = self.cfg.stages[stage].get("trajectories", "all")
     src = self.source_fn("train")
+    if want == "all":
+      return src
     kinds = [str(src[i]["kind"], "utf-8") if isinstance(src[i]["kind"], bytes) else src[i]["kind"]
              for i in range(len(src))]
-    idx = [i for i, k in enumerate(kinds) if k == want or want == "all"]
+    idx = [i for i, k in enumerate(kinds) if k == want]
     if not idx:
-      raise ValueError(f"stage {stage!r}: no '{want}' trajectories in the training split")
+      raise ValueError(f"stage {stage!r}: no '{want}' trajectories in the training split "
+                       f"(kinds present: {sorted(set(kinds))}); set config.stages.{stage}.trajectories")
+    return Subset(src, idx)
+
+  def _sft_stream(self, stage):
     cfg = dataclasses.replace(self.pcfg, batch_size=self.cfg.stages[stage].batch_size, seed=self.cfg.seed)
-    return iter(pipeline.make_dataset(Subset(src, idx), cfg, SftFeaturizer(cfg), **self._rows(cfg.batch_size)))
+    return iter(pipeline.make_dataset(self._train_examples(stage), cfg, SftFeaturizer(cfg),
+                                      **self._rows(cfg.batch_size)))
 
   def _rl_stream(self, stage):
     cfg = dataclasses.replace(self.pcfg, batch_size=self.cfg.stages[stage].batch_size, seed=self.cfg.seed + 1)
-    return iter(pipeline.make_dataset(self.source_fn("train"), cfg, RlFeaturizer(cfg), **self._rows(cfg.batch_size)))
+    return iter(pipeline.make_dataset(self._train_examples(stage), cfg, RlFeaturizer(cfg),
+                                      **self._rows(cfg.batch_size)))
 
   def _rows(self, global_batch):
     """Pipeline arguments: this process's rows of every global batch (one global order for any process count)."""
