@@ -111,13 +111,15 @@ def decode(config: ModelConfig, params, inputs_embeds, positions, token_valid, c
     hidden, _ = _module(config).apply(params, inputs_embeds, positions, mask, method=Qwen25VL.decode)
     return hidden, None
   write_index = jnp.asarray(write_index, jnp.int32)
-  t = token_valid.shape[1]
-  new_valid = jax.vmap(lambda v, u, o: jax.lax.dynamic_update_slice_in_dim(v, u, o, axis=0))(
-      cache.valid, token_valid, write_index)
-  mask = attention_mask_for(token_valid, cache.replace(valid=new_valid), write_index)
+  b = token_valid.shape[0]
+  if write_index.ndim == 0:      # one slot shared by all rows: in-place writes (see text.py)
+    new_valid = jax.lax.dynamic_update_slice(cache.valid, token_valid, (0, write_index))
+  else:
+    new_valid = jax.vmap(lambda v, u, o: jax.lax.dynamic_update_slice_in_dim(v, u, o, axis=0))(
+        cache.valid, token_valid, write_index)
+  mask = attention_mask_for(token_valid, cache.replace(valid=new_valid), jnp.broadcast_to(write_index, (b,)))
   hidden, (k, v) = _module(config).apply(params, inputs_embeds, positions, mask, (cache.k, cache.v), write_index,
                                          method=Qwen25VL.decode)
-  del t
   return hidden, KVCache(k=k, v=v, valid=new_valid)
 
 
