@@ -51,18 +51,20 @@ def mrope_cos_sin(config: ModelConfig, positions_3bt):
   return jnp.cos(emb), jnp.sin(emb)
 
 
-def _write_layer(buf_lbshd, layer, upd_bthd, write_index):
+def _write_layer(buf_lbshd, layer, upd_bthd, write_index, rows):
   """Writes one layer's new keys (or values) `[B, T, Hkv, Dh]` into the stacked cache at `write_index`.
 
   A scalar write index (shared by the rows) is one dynamic_update_slice, in place on a loop carry. A `[B]` write
-  index (each row at its own slot: model tests, smoke test) scatters; it is not on the rollout's hot path.
+  index (each row at its own slot) scatters T slots per row, also in place; `rows` (`[B]`, optional) are the cache
+  rows the chunk's rows write to (default: the same rows).
   """
   upd_bthd = upd_bthd.astype(buf_lbshd.dtype)
-  if write_index.ndim == 0:
+  if write_index.ndim == 0 and rows is None:
     return jax.lax.dynamic_update_slice(buf_lbshd, upd_bthd[None], (layer, 0, write_index, 0, 0))
   b, t = upd_bthd.shape[:2]
-  slot_bt = write_index[:, None] + jnp.arange(t)[None]
-  return buf_lbshd.at[layer, jnp.arange(b)[:, None], slot_bt].set(upd_bthd, mode="promise_in_bounds")
+  slot_bt = jnp.broadcast_to(write_index, (b,))[:, None] + jnp.arange(t)[None]
+  rows_b = jnp.arange(b) if rows is None else rows
+  return buf_lbshd.at[layer, rows_b[:, None], slot_bt].set(upd_bthd, mode="promise_in_bounds")
 
 
 KEY_BUCKETS = 5
@@ -78,14 +80,14 @@ def key_buckets(cache_len: int) -> tuple[int, ...]:
   return tuple(sorted(sizes))
 
 
-def cached_attention(q_bqhd, cache_kv, layer, mask_bqk, write_index, *, scale, dtype):
+def cached_attention(q_bqhd, cache_kv, layer, mask_bqk, write_index, rows=None, *, scale, dtype):
   """Attention of the chunk's queries over `layer`'s cached keys, reading only a prefix of the slots.
 
   A query at slot q sees no key slot beyond q, so keys past `max(write_index) + T` cannot contribute. The prefix
   is rounded up to a static bucket (`key_buckets`, chosen by `lax.switch`), so a token at slot ~60 of a 1280-slot
   cache reads 80 slots of each layer, not 1280: the decode step costs O(used length), not O(cache_len). The keys
   dropped are masked ones (probability exactly 0), so the result is the full-cache attention up to float
-  summation order.
+  summation order. `rows` (optional `[B]`): the cache rows the queries' rows read (a gathered subset).
   """
   k_lbshd, v_lbshd = cache_kv
   _, b, s, hkv, dh = k_lbshd.shape
@@ -97,6 +99,8 @@ def cached_attention(q_bqhd, cache_kv, layer, mask_bqk, write_index, *, scale, d
     def attend(q, k_all, v_all, mask):
       k = jax.lax.dynamic_slice(k_all, (layer, 0, 0, 0, 0), (1, b, size, hkv, dh))[0]
       v = jax.lax.dynamic_slice(v_all, (layer, 0, 0, 0, 0), (1, b, size, hkv, dh))[0]
+      if rows is not None:
+        k, v = jnp.take(k, rows, axis=0), jnp.take(v, rows, axis=0)
       k = nn.with_logical_constraint(k, ("batch", "cache_length", "kv_heads_act", None))
       return masked_attention(q, k.astype(dtype), v.astype(dtype), mask[:, :, :size], scale=scale)
     return attend
@@ -114,7 +118,7 @@ class DecoderLayer(nn.Module):
     x_btd, cache_kv = carry
     c, t = self.config, self.config.text
     dtype, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
-    cos, sin, mask_bqk, write_index = consts
+    cos, sin, mask_bqk, write_index, rows = consts
     h = RMSNorm(t.rms_norm_eps, dtype=dtype, param_dtype=pdt, name="input_layernorm")(x_btd)
     b, n, _ = x_btd.shape
     kw = dict(dtype=dtype, param_dtype=pdt, init_std=c.initializer_range)
@@ -127,8 +131,9 @@ class DecoderLayer(nn.Module):
     q = apply_rotary(q, cos[:, :, None], sin[:, :, None])
     k = apply_rotary(k, cos[:, :, None], sin[:, :, None])
     if cache_kv is not None:
-      cache_kv = tuple(_write_layer(buf, layer, u, write_index) for buf, u in zip(cache_kv, (k, v)))
-      attn = cached_attention(q, cache_kv, layer, mask_bqk, write_index, scale=t.head_dim ** -0.5, dtype=dtype)
+      cache_kv = tuple(_write_layer(buf, layer, u, write_index, rows) for buf, u in zip(cache_kv, (k, v)))
+      attn = cached_attention(q, cache_kv, layer, mask_bqk, write_index, rows, scale=t.head_dim ** -0.5,
+                              dtype=dtype)
     else:
       k = nn.with_logical_constraint(k, ("batch", "cache_length", "kv_heads_act", None))
       attn = masked_attention(q, k, v, mask_bqk, scale=t.head_dim ** -0.5)
@@ -148,14 +153,14 @@ def _remat(cls, policy: str):
 
 
 class TextDecoder(nn.Module):
-  """Layers + final norm. `__call__(x, positions, mask, cache_kv, write_index) -> (hidden, cache_kv)`."""
+  """Layers + final norm. `__call__(x, positions, mask, cache_kv, write_index, rows) -> (hidden, cache_kv)`."""
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_btd, positions_3bt, mask_bqk, cache_kv=None, write_index=None):
+  def __call__(self, x_btd, positions_3bt, mask_bqk, cache_kv=None, write_index=None, rows=None):
     c = self.config
     cos, sin = mrope_cos_sin(c, positions_3bt)
-    consts = (cos, sin, mask_bqk, write_index)
+    consts = (cos, sin, mask_bqk, write_index, rows)
     layer_cls = _remat(DecoderLayer, c.remat)
     n_layers = c.text.num_hidden_layers
     if c.scan_layers:

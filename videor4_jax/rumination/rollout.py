@@ -144,20 +144,46 @@ def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, gre
       called_b = (stop_b == STOP_TOOL_CALL) & ~was_done_b
       action = env.parse_action(c["step_tokens"], c["step_len"])
 
-      def observe_and_prefill(_):
-        obs = env.observe(params, prompts["source_frames"], action, called_b, c["counter"])
-        h_bnd, cache = env.decode(params, obs["embeds"], obs["positions"], obs["valid"], c["cache"], c["write"])
-        n_b = obs["valid"].sum(-1).astype(jnp.int32)
-        last_h_bd = jnp.take_along_axis(h_bnd, jnp.maximum(n_b - 1, 0)[:, None, None], axis=1)[:, 0]
+      def observe_and_prefill(sel_k, called_k):
+        """Observation turn of rows `sel_k` (all rows when None): vision tower, prefill into those rows of the
+        cache, logits of the turn's last token."""
+        take = (lambda x: x) if sel_k is None else (lambda x: jnp.take(x, sel_k, axis=0))
+        obs = env.observe(params, take(prompts["source_frames"]), jax.tree.map(take, action), called_k,
+                          take(c["counter"]))
+        h_knd, cache = env.decode(params, obs["embeds"], obs["positions"], obs["valid"], c["cache"],
+                                  take(c["write"]), rows=sel_k)
+        n_k = obs["valid"].sum(-1).astype(jnp.int32)
+        last_h_kd = jnp.take_along_axis(h_knd, jnp.maximum(n_k - 1, 0)[:, None, None], axis=1)[:, 0]
         obs = {k: v for k, v in obs.items() if k != "embeds"}
-        return cache, jnp.where(called_b[:, None], env.logits(params, last_h_bd), c["logits"]), obs
+        return cache, jnp.where(called_k[:, None], env.logits(params, last_h_kd), take(c["logits"])), obs
 
-      # When no row called a tool, the vision tower and the observation prefill would only write masked slots:
-      # skip them. Their outputs for rows that did not call are exactly zero (no valid token, no pixels, error 0),
-      # so the skip branch returns zeros. A step after every row has answered then costs no vision compute.
-      out_shape = jax.eval_shape(observe_and_prefill, None)[2]
-      skip = lambda _: (c["cache"], c["logits"], jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape))
-      cache, logits_bv, obs = jax.lax.cond(jnp.any(called_b), observe_and_prefill, skip, None)
+      def all_rows(_):
+        return observe_and_prefill(None, called_b)
+
+      def called_rows(k):
+        """The turn on k gathered rows (the callers first, in row order), scattered back into the B rows; the
+        decoder reads and writes only those rows of the cache. Rows not gathered did not call: their outputs are
+        the same zeros / unchanged cache and logits as `skip`."""
+        def run(_):
+          sel_k = jnp.argsort(~called_b, stable=True)[:k]
+          cache, logits_kv, obs_k = observe_and_prefill(sel_k, called_b[sel_k])
+          obs = {n: (zeros[n].at[:, sel_k] if n == "positions" else zeros[n].at[sel_k]).set(v)
+                 for n, v in obs_k.items()}
+          return cache, c["logits"].at[sel_k].set(logits_kv), obs
+        return run
+
+      # The vision tower and the observation prefill cost as much per row as a prompt prefill, and only rows that
+      # called a tool need them: run them on the callers only, gathered into the smallest bucket of B/8, B/4,
+      # B/2 rows that holds them (B: no gather), and skip them when no row called. Outputs of rows that did not
+      # call are exactly zero (no valid token, no pixels, error 0) and leave the cache and logits unchanged.
+      out_shape = jax.eval_shape(all_rows, None)[2]
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
+      skip = lambda _: (c["cache"], c["logits"], zeros)
+      sizes = sorted({-(-B // d) for d in (8, 4, 2)} - {B}) if rc.compact_rows else []
+      branches = [skip] + [called_rows(k) for k in sizes] + [all_rows]
+      n_called = called_b.sum()
+      index = jnp.where(n_called == 0, 0, 1 + jnp.searchsorted(jnp.asarray(sizes + [B]), n_called))
+      cache, logits_bv, obs = jax.lax.switch(index, branches, None)
       chunk_valid_bn = obs["valid"]
       pos_3bn, next_counter_b = obs["positions"], obs["next_counter"]
       n_b = chunk_valid_bn.sum(-1).astype(jnp.int32)
