@@ -144,46 +144,41 @@ def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, gre
       called_b = (stop_b == STOP_TOOL_CALL) & ~was_done_b
       action = env.parse_action(c["step_tokens"], c["step_len"])
 
-      def observe_and_prefill(sel_k, called_k):
+      def observe_and_prefill(cache, sel_k, called_k):
         """Observation turn of rows `sel_k` (all rows when None): vision tower, prefill into those rows of the
         cache, logits of the turn's last token."""
         take = (lambda x: x) if sel_k is None else (lambda x: jnp.take(x, sel_k, axis=0))
         obs = env.observe(params, take(prompts["source_frames"]), jax.tree.map(take, action), called_k,
                           take(c["counter"]))
-        h_knd, cache = env.decode(params, obs["embeds"], obs["positions"], obs["valid"], c["cache"],
-                                  take(c["write"]), rows=sel_k)
+        h_knd, cache = env.decode(params, obs["embeds"], obs["positions"], obs["valid"], cache, take(c["write"]),
+                                  rows=sel_k)
         n_k = obs["valid"].sum(-1).astype(jnp.int32)
         last_h_kd = jnp.take_along_axis(h_knd, jnp.maximum(n_k - 1, 0)[:, None, None], axis=1)[:, 0]
         obs = {k: v for k, v in obs.items() if k != "embeds"}
         return cache, jnp.where(called_k[:, None], env.logits(params, last_h_kd), take(c["logits"])), obs
 
-      def all_rows(_):
-        return observe_and_prefill(None, called_b)
-
-      def called_rows(k):
-        """The turn on k gathered rows (the callers first, in row order), scattered back into the B rows; the
-        decoder reads and writes only those rows of the cache. Rows not gathered did not call: their outputs are
-        the same zeros / unchanged cache and logits as `skip`."""
-        def run(_):
-          sel_k = jnp.argsort(~called_b, stable=True)[:k]
-          cache, logits_kv, obs_k = observe_and_prefill(sel_k, called_b[sel_k])
-          obs = {n: (zeros[n].at[:, sel_k] if n == "positions" else zeros[n].at[sel_k]).set(v)
-                 for n, v in obs_k.items()}
-          return cache, c["logits"].at[sel_k].set(logits_kv), obs
-        return run
-
-      # The vision tower and the observation prefill cost as much per row as a prompt prefill, and only rows that
-      # called a tool need them: run them on the callers only, gathered into the smallest bucket of B/8, B/4,
-      # B/2 rows that holds them (B: no gather), and skip them when no row called. Outputs of rows that did not
-      # call are exactly zero (no valid token, no pixels, error 0) and leave the cache and logits unchanged.
-      out_shape = jax.eval_shape(all_rows, None)[2]
+      # The vision tower and the observation prefill cost as much per row as a prompt prefill, and only the rows
+      # that called a tool need them. So they run on the callers only, in chunks of k rows (k = the smallest
+      # divisor of B that is >= B/4; callers first, in row order): one compiled copy of the turn, run
+      # ceil(n_called / k) times, i.e. zero times in a step where no row called (then the vision tower and the
+      # prefill cost nothing). Rows of a chunk that did not call write only invalid slots past their write index,
+      # and the outputs of rows that did not call are exactly zero (no valid token, no pixels, error 0).
+      k = min(d for d in range(1, B + 1) if B % d == 0 and 4 * d >= B) if rc.compact_rows else B
+      out_shape = jax.eval_shape(lambda: observe_and_prefill(c["cache"], None, called_b)[2])
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
-      skip = lambda _: (c["cache"], c["logits"], zeros)
-      sizes = sorted({-(-B // d) for d in (8, 4, 2)} - {B}) if rc.compact_rows else []
-      branches = [skip] + [called_rows(k) for k in sizes] + [all_rows]
-      n_called = called_b.sum()
-      index = jnp.where(n_called == 0, 0, 1 + jnp.searchsorted(jnp.asarray(sizes + [B]), n_called))
-      cache, logits_bv, obs = jax.lax.switch(index, branches, None)
+      order_b = jnp.argsort(~called_b, stable=True)
+
+      def chunk(j, carry):
+        cache, logits_bv, obs = carry
+        if k == B:   # no gather (rows sharded over devices: see RolloutConfig.compact_rows)
+          return observe_and_prefill(cache, None, called_b)
+        sel_k = jax.lax.dynamic_slice_in_dim(order_b, j * k, k)
+        cache, logits_kv, obs_k = observe_and_prefill(cache, sel_k, called_b[sel_k])
+        obs = {n: (obs[n].at[:, sel_k] if n == "positions" else obs[n].at[sel_k]).set(v) for n, v in obs_k.items()}
+        return cache, logits_bv.at[sel_k].set(logits_kv), obs
+
+      n_chunks = (called_b.sum() + k - 1) // k
+      cache, logits_bv, obs = jax.lax.fori_loop(0, n_chunks, chunk, (c["cache"], c["logits"], zeros))
       chunk_valid_bn = obs["valid"]
       pos_3bn, next_counter_b = obs["positions"], obs["next_counter"]
       n_b = chunk_valid_bn.sum(-1).astype(jnp.int32)
