@@ -1,15 +1,16 @@
 """Qwen2 text decoder: GQA with q/k/v bias, M-RoPE, RMSNorm, SwiGLU; scanned layers; a slot-addressed KV cache.
 
 Attention is defined by *slots*: query slot q attends key slot s iff `valid[s] and s <= q`. Without a cache the
-slots of a chunk are `0..T-1`; with a cache the chunk of row b occupies slots `write_index[b] + t`, or
-`write_index + t` for every row when the write index is a scalar (the rollout's case: one slot shared by all rows,
-rows with nothing to write write invalid slots). Positions (M-RoPE, `[3, B, T]`) are explicit inputs and never
-derived from slots, so the rollout can append observation turns whose positions continue from a per-row counter.
+slots of a chunk are `0..T-1`; with a cache the chunk of row b occupies slots `write_index[b] + t` (or
+`write_index + t` for every row when the write index is a scalar). Positions (M-RoPE, `[3, B, T]`) are explicit
+inputs and never derived from slots, so the rollout can append observation turns whose positions continue from a
+per-row counter.
 
-The stacked cache `[L, B, S, Hkv, Dh]` is carried through the layer scan (not scanned over as xs/ys): each layer
-writes its new keys/values into it at `(layer, 0, write_index, 0, 0)` and reads its layer back. As a scan input
-and output the whole cache was copied at every call (a fresh ys buffer), i.e. O(S) copies per decoded token; a
-scalar-offset dynamic_update_slice of a loop carry is done in place by XLA.
+Cost of a cached call (issue 9: a decode token used to cost O(cache_len) copies). The stacked cache
+`[L, B, S, Hkv, Dh]` is carried through the layer scan, not scanned over as xs/ys (a scan output is a fresh buffer,
+so the whole cache was copied at every call); each layer writes its new keys/values into the carry in place and
+attends over a bucketed prefix of the slots (`cached_attention`), because reading a layer's whole cache for the
+attention dots meant a transposed copy of all S slots per layer and token.
 """
 from __future__ import annotations
 
