@@ -160,7 +160,9 @@ def shapes(config, tok, quick):
   return dict(rows=16, seq=1024 if quick else 4096, steps=R, video_items=[video] + [obs] * R, video=video, obs=obs,
               video_patches=video[0] * video[1], obs_patches=obs[0] * obs[1], prompts=16, G=8, frames=frames,
               src_hw=src, prompt_len=Tp, obs_len=obs_len, step_tokens=T, cache_len=cache,
-              rc=RolloutConfig(max_steps=R, max_step_tokens=T, cache_len=cache, obs_hw=ohw, max_clip_frames=K))
+              # rows are sharded over data x fsdp: no dynamic row gather of the cache (see RolloutConfig)
+              rc=RolloutConfig(max_steps=R, max_step_tokens=T, cache_len=cache, obs_hw=ohw, max_clip_frames=K,
+                               compact_rows=False))
 
 
 def analyze(kind, compiled, secs, mesh_shape, remat, d, shp, chip, n_dev, config):

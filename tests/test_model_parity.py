@@ -181,7 +181,7 @@ def test_one_decoder_layer_matches_hf(pair):
   layer0 = jax.tree.map(lambda a: a[0], params["params"]["decoder"]["layers"])
   cos, sin = mrope_cos_sin(config, jnp.asarray(pos))
   mask = jnp.tril(jnp.ones((1, 12, 12), bool))
-  ours, _ = DecoderLayer(config).apply({"params": layer0}, jnp.asarray(x), None, (cos, sin, mask, None))
+  (ours, _), _ = DecoderLayer(config).apply({"params": layer0}, (jnp.asarray(x), None), 0, (cos, sin, mask, None, None))
   with torch.no_grad():
     pe = hf.model.language_model.rotary_emb(torch.tensor(x), torch.tensor(pos))
     causal = torch.triu(torch.full((12, 12), torch.finfo(torch.float32).min), 1)[None, None]

@@ -1,9 +1,16 @@
 """Qwen2 text decoder: GQA with q/k/v bias, M-RoPE, RMSNorm, SwiGLU; scanned layers; a slot-addressed KV cache.
 
 Attention is defined by *slots*: query slot q attends key slot s iff `valid[s] and s <= q`. Without a cache the
-slots of a chunk are `0..T-1`; with a cache the chunk of row b occupies slots `write_index[b] + t`. Positions
-(M-RoPE, `[3, B, T]`) are explicit inputs and never derived from slots, so the rollout can append observation
-turns whose positions continue from a per-row counter.
+slots of a chunk are `0..T-1`; with a cache the chunk of row b occupies slots `write_index[b] + t` (or
+`write_index + t` for every row when the write index is a scalar). Positions (M-RoPE, `[3, B, T]`) are explicit
+inputs and never derived from slots, so the rollout can append observation turns whose positions continue from a
+per-row counter.
+
+Cost of a cached call (issue 9: a decode token used to cost O(cache_len) copies). The stacked cache
+`[L, B, S, Hkv, Dh]` is carried through the layer scan, not scanned over as xs/ys (a scan output is a fresh buffer,
+so the whole cache was copied at every call); each layer writes its new keys/values into the carry in place and
+attends over a bucketed prefix of the slots (`cached_attention`), because reading a layer's whole cache for the
+attention dots meant a transposed copy of all S slots per layer and token.
 """
 from __future__ import annotations
 
@@ -45,18 +52,74 @@ def mrope_cos_sin(config: ModelConfig, positions_3bt):
   return jnp.cos(emb), jnp.sin(emb)
 
 
-def _write_rows(buf_bs, upd_bt, offset_b):
-  return jax.vmap(lambda b, u, o: jax.lax.dynamic_update_slice_in_dim(b, u, o, axis=0))(buf_bs, upd_bt, offset_b)
+def _write_layer(buf_lbshd, layer, upd_bthd, write_index, rows):
+  """Writes one layer's new keys (or values) `[B, T, Hkv, Dh]` into the stacked cache at `write_index`.
+
+  A scalar write index (shared by the rows) is one dynamic_update_slice, in place on a loop carry. A `[B]` write
+  index (each row at its own slot) scatters T slots per row, also in place; `rows` (`[B]`, optional) are the cache
+  rows the chunk's rows write to (default: the same rows).
+  """
+  upd_bthd = upd_bthd.astype(buf_lbshd.dtype)
+  if write_index.ndim == 0 and rows is None:
+    return jax.lax.dynamic_update_slice(buf_lbshd, upd_bthd[None], (layer, 0, write_index, 0, 0))
+  b, t = upd_bthd.shape[:2]
+  slot_bt = jnp.broadcast_to(write_index, (b,))[:, None] + jnp.arange(t)[None]
+  rows_b = jnp.arange(b) if rows is None else rows
+  return buf_lbshd.at[layer, rows_b[:, None], slot_bt].set(upd_bthd, mode="promise_in_bounds")
+
+
+KEY_BUCKETS = 5
+
+
+def key_buckets(cache_len: int) -> tuple[int, ...]:
+  """Static key-prefix lengths attention over a cache may read: S/16, S/8, S/4, S/2, S (multiples of 8).
+
+  Fractions of S rather than fixed sizes, so that the number of branches (and the program size) does not grow
+  with the cache length, which grows with the rollout's step count.
+  """
+  sizes = {min(cache_len, -(-(cache_len >> i) // 8) * 8) for i in range(KEY_BUCKETS)}
+  return tuple(sorted(sizes))
+
+
+def cached_attention(q_bqhd, cache_kv, layer, mask_bqk, write_index, rows=None, *, scale, dtype):
+  """Attention of the chunk's queries over `layer`'s cached keys, reading only a prefix of the slots.
+
+  A query at slot q sees no key slot beyond q, so keys past `max(write_index) + T` cannot contribute. The prefix
+  is rounded up to a static bucket (`key_buckets`, chosen by `lax.switch`), so a token at slot ~60 of a 1280-slot
+  cache reads 80 slots of each layer, not 1280: the decode step costs O(used length), not O(cache_len). The keys
+  dropped are masked ones (probability exactly 0), so the result is the full-cache attention up to float
+  summation order. `rows` (optional `[B]`): the cache rows the queries' rows read (a gathered subset).
+  """
+  k_lbshd, v_lbshd = cache_kv
+  _, b, s, hkv, dh = k_lbshd.shape
+  sizes = key_buckets(s)
+  end = jnp.max(write_index) + q_bqhd.shape[1]
+  bucket = jnp.minimum(jnp.searchsorted(jnp.asarray(sizes), end), len(sizes) - 1)
+
+  def branch(size):
+    def attend(q, k_all, v_all, mask):
+      k = jax.lax.dynamic_slice(k_all, (layer, 0, 0, 0, 0), (1, b, size, hkv, dh))[0]
+      v = jax.lax.dynamic_slice(v_all, (layer, 0, 0, 0, 0), (1, b, size, hkv, dh))[0]
+      if rows is not None:
+        k, v = jnp.take(k, rows, axis=0), jnp.take(v, rows, axis=0)
+      k = nn.with_logical_constraint(k, ("batch", "cache_length", "kv_heads_act", None))
+      return masked_attention(q, k.astype(dtype), v.astype(dtype), mask[:, :, :size], scale=scale)
+    return attend
+
+  return jax.lax.switch(bucket, [branch(n) for n in sizes], q_bqhd, k_lbshd, v_lbshd, mask_bqk)
 
 
 class DecoderLayer(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_btd, layer_cache, consts):
+  def __call__(self, carry, layer, consts):
+    """carry = (x [B, T, D], cache): cache is None or the stacked `(k, v)`, each `[L, B, S, Hkv, Dh]`; `layer` is
+    this layer's index into it (traced under the layer scan)."""
+    x_btd, cache_kv = carry
     c, t = self.config, self.config.text
     dtype, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
-    cos, sin, mask_bqk, write_index = consts
+    cos, sin, mask_bqk, write_index, rows = consts
     h = RMSNorm(t.rms_norm_eps, dtype=dtype, param_dtype=pdt, name="input_layernorm")(x_btd)
     b, n, _ = x_btd.shape
     kw = dict(dtype=dtype, param_dtype=pdt, init_std=c.initializer_range)
@@ -68,20 +131,19 @@ class DecoderLayer(nn.Module):
     v = v.reshape(b, n, t.num_key_value_heads, t.head_dim)
     q = apply_rotary(q, cos[:, :, None], sin[:, :, None])
     k = apply_rotary(k, cos[:, :, None], sin[:, :, None])
-    if layer_cache is not None:
-      k_all = _write_rows(layer_cache[0], k.astype(layer_cache[0].dtype), write_index)
-      v_all = _write_rows(layer_cache[1], v.astype(layer_cache[1].dtype), write_index)
-      new_cache = (k_all, v_all)
+    if cache_kv is not None:
+      cache_kv = tuple(_write_layer(buf, layer, u, write_index, rows) for buf, u in zip(cache_kv, (k, v)))
+      attn = cached_attention(q, cache_kv, layer, mask_bqk, write_index, rows, scale=t.head_dim ** -0.5,
+                              dtype=dtype)
     else:
-      k_all, v_all, new_cache = k, v, None
-    k_all = nn.with_logical_constraint(k_all, ("batch", "cache_length", "kv_heads_act", None))
-    attn = masked_attention(q, k_all.astype(dtype), v_all.astype(dtype), mask_bqk, scale=t.head_dim ** -0.5)
+      k = nn.with_logical_constraint(k, ("batch", "cache_length", "kv_heads_act", None))
+      attn = masked_attention(q, k, v, mask_bqk, scale=t.head_dim ** -0.5)
     attn = attn.reshape(b, n, t.num_attention_heads * t.head_dim)
     x_btd = x_btd + dense(t.hidden_size, ("q_heads", "embed"), use_bias=False, name="o_proj", **kw)(attn)
     h = RMSNorm(t.rms_norm_eps, dtype=dtype, param_dtype=pdt, name="post_attention_layernorm")(x_btd)
     x_btd = x_btd + SwiGLU(t.hidden_size, t.intermediate_size, use_bias=False, name="mlp", **kw)(h)
     x_btd = nn.with_logical_constraint(x_btd, ("batch", "length", "embed"))
-    return x_btd, new_cache
+    return (x_btd, cache_kv), None
 
 
 def _remat(cls, policy: str):
@@ -92,28 +154,24 @@ def _remat(cls, policy: str):
 
 
 class TextDecoder(nn.Module):
-  """Layers + final norm. `__call__(x, positions, mask, cache_kv, write_index) -> (hidden, cache_kv)`."""
+  """Layers + final norm. `__call__(x, positions, mask, cache_kv, write_index, rows) -> (hidden, cache_kv)`."""
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_btd, positions_3bt, mask_bqk, cache_kv=None, write_index=None):
+  def __call__(self, x_btd, positions_3bt, mask_bqk, cache_kv=None, write_index=None, rows=None):
     c = self.config
     cos, sin = mrope_cos_sin(c, positions_3bt)
-    consts = (cos, sin, mask_bqk, write_index)
+    consts = (cos, sin, mask_bqk, write_index, rows)
     layer_cls = _remat(DecoderLayer, c.remat)
+    n_layers = c.text.num_hidden_layers
     if c.scan_layers:
       stack = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                      in_axes=(0, nn.broadcast), length=c.text.num_hidden_layers,
+                      in_axes=(0, nn.broadcast), length=n_layers,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      x_btd, cache_kv = stack(c, name="layers")(x_btd, cache_kv, consts)
+      (x_btd, cache_kv), _ = stack(c, name="layers")((x_btd, cache_kv), jnp.arange(n_layers), consts)
     else:
-      outs = []
-      for i in range(c.text.num_hidden_layers):
-        lc = None if cache_kv is None else (cache_kv[0][i], cache_kv[1][i])
-        x_btd, nc = layer_cls(c, name=f"layers_{i}")(x_btd, lc, consts)
-        outs.append(nc)
-      if cache_kv is not None:
-        cache_kv = (jnp.stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs]))
+      for i in range(n_layers):
+        (x_btd, cache_kv), _ = layer_cls(c, name=f"layers_{i}")((x_btd, cache_kv), i, consts)
     x_btd = RMSNorm(c.text.rms_norm_eps, dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype),
                     name="norm")(x_btd)
     return x_btd, cache_kv

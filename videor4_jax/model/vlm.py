@@ -37,8 +37,8 @@ class Qwen25VL(nn.Module):
   def encode_vision(self, pixel_values, grid_thw):
     return self.visual(pixel_values, grid_thw)
 
-  def decode(self, x_btd, positions_3bt, mask_bqk, cache_kv=None, write_index=None):
-    return self.decoder(x_btd, positions_3bt, mask_bqk, cache_kv, write_index)
+  def decode(self, x_btd, positions_3bt, mask_bqk, cache_kv=None, write_index=None, rows=None):
+    return self.decoder(x_btd, positions_3bt, mask_bqk, cache_kv, write_index, rows)
 
   def head_weight(self):
     if self.config.tie_word_embeddings:
@@ -103,21 +103,32 @@ def attention_mask_for(token_valid_bt, cache: KVCache | None, write_index_b):
 
 
 def decode(config: ModelConfig, params, inputs_embeds, positions, token_valid, cache: KVCache | None = None,
-           write_index=None):
-  """Runs the decoder. Returns `(hidden [B, T, D] after the final norm, cache)`; see text.py for slot semantics."""
+           write_index=None, rows=None):
+  """Runs the decoder. Returns `(hidden [B, T, D] after the final norm, cache)`; see text.py for slot semantics.
+
+  rows (optional `[B]` int32): the chunk's B rows are rows `rows` of a larger cache (distinct): they read and
+  write only those cache rows, the others are untouched (the rollout's observation turn of the callers only).
+  """
   token_valid = jnp.asarray(token_valid, bool)
   if cache is None:
     mask = attention_mask_for(token_valid, None, None)
     hidden, _ = _module(config).apply(params, inputs_embeds, positions, mask, method=Qwen25VL.decode)
     return hidden, None
   write_index = jnp.asarray(write_index, jnp.int32)
-  t = token_valid.shape[1]
-  new_valid = jax.vmap(lambda v, u, o: jax.lax.dynamic_update_slice_in_dim(v, u, o, axis=0))(
-      cache.valid, token_valid, write_index)
-  mask = attention_mask_for(token_valid, cache.replace(valid=new_valid), write_index)
+  b = token_valid.shape[0]
+  if rows is not None:
+    write_index = jnp.broadcast_to(write_index, (b,))
+  if write_index.ndim == 0:      # one slot shared by all rows: in-place writes (see text.py)
+    new_valid = jax.lax.dynamic_update_slice(cache.valid, token_valid, (0, write_index))
+    rows_valid = new_valid
+  else:
+    rows_valid = cache.valid if rows is None else cache.valid[rows]
+    rows_valid = jax.vmap(lambda v, u, o: jax.lax.dynamic_update_slice_in_dim(v, u, o, axis=0))(
+        rows_valid, token_valid, write_index)
+    new_valid = rows_valid if rows is None else cache.valid.at[rows].set(rows_valid)
+  mask = attention_mask_for(token_valid, cache.replace(valid=rows_valid), jnp.broadcast_to(write_index, (b,)))
   hidden, (k, v) = _module(config).apply(params, inputs_embeds, positions, mask, (cache.k, cache.v), write_index,
-                                         method=Qwen25VL.decode)
-  del t
+                                         rows, method=Qwen25VL.decode)
   return hidden, KVCache(k=k, v=v, valid=new_valid)
 
 

@@ -16,6 +16,9 @@ class RolloutConfig:
   crop_margin:      normalized padding added on each side of a crop box (Pixel-Reasoner: 0.1).
   crop_min_px:      a crop smaller than this in source pixels (either side) is an error.
   clip_seconds_per_group: temporal M-RoPE scale of a clip observation (seconds per 2-frame group).
+  compact_rows:     run a step's observation turn (vision tower + prefill) only on the rows that called a tool,
+                    gathered into chunks of about B/4 rows. Turn it off when the rows are sharded over devices: the
+                    gather by a traced row index would then move KV-cache rows between devices.
   """
   max_steps: int = 4
   max_step_tokens: int = 48
@@ -27,6 +30,7 @@ class RolloutConfig:
   clip_seconds_per_group: float = 1.0
   temperature: float = 1.0
   top_p: float = 1.0
+  compact_rows: bool = True
 
   def __post_init__(self):
     if self.max_steps < 1 or self.max_step_tokens < 1:

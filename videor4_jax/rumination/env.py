@@ -52,8 +52,8 @@ class RuminationEnv:
   def embed(self, params, ids):
     return vlm.embed_tokens(self.config, params, ids)
 
-  def decode(self, params, embeds, positions, valid, cache, write):
-    return vlm.decode(self.config, params, embeds, positions, valid, cache, write)
+  def decode(self, params, embeds, positions, valid, cache, write, rows=None):
+    return vlm.decode(self.config, params, embeds, positions, valid, cache, write, rows)
 
   def logits(self, params, hidden):
     return vlm.logits(self.config, params, hidden)

@@ -144,20 +144,41 @@ def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, gre
       called_b = (stop_b == STOP_TOOL_CALL) & ~was_done_b
       action = env.parse_action(c["step_tokens"], c["step_len"])
 
-      def observe_and_prefill(_):
-        obs = env.observe(params, prompts["source_frames"], action, called_b, c["counter"])
-        h_bnd, cache = env.decode(params, obs["embeds"], obs["positions"], obs["valid"], c["cache"], c["write"])
-        n_b = obs["valid"].sum(-1).astype(jnp.int32)
-        last_h_bd = jnp.take_along_axis(h_bnd, jnp.maximum(n_b - 1, 0)[:, None, None], axis=1)[:, 0]
+      def observe_and_prefill(cache, sel_k, called_k):
+        """Observation turn of rows `sel_k` (all rows when None): vision tower, prefill into those rows of the
+        cache, logits of the turn's last token."""
+        take = (lambda x: x) if sel_k is None else (lambda x: jnp.take(x, sel_k, axis=0))
+        obs = env.observe(params, take(prompts["source_frames"]), jax.tree.map(take, action), called_k,
+                          take(c["counter"]))
+        h_knd, cache = env.decode(params, obs["embeds"], obs["positions"], obs["valid"], cache, take(c["write"]),
+                                  rows=sel_k)
+        n_k = obs["valid"].sum(-1).astype(jnp.int32)
+        last_h_kd = jnp.take_along_axis(h_knd, jnp.maximum(n_k - 1, 0)[:, None, None], axis=1)[:, 0]
         obs = {k: v for k, v in obs.items() if k != "embeds"}
-        return cache, jnp.where(called_b[:, None], env.logits(params, last_h_bd), c["logits"]), obs
+        return cache, jnp.where(called_k[:, None], env.logits(params, last_h_kd), take(c["logits"])), obs
 
-      # When no row called a tool, the vision tower and the observation prefill would only write masked slots:
-      # skip them. Their outputs for rows that did not call are exactly zero (no valid token, no pixels, error 0),
-      # so the skip branch returns zeros. A step after every row has answered then costs no vision compute.
-      out_shape = jax.eval_shape(observe_and_prefill, None)[2]
-      skip = lambda _: (c["cache"], c["logits"], jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape))
-      cache, logits_bv, obs = jax.lax.cond(jnp.any(called_b), observe_and_prefill, skip, None)
+      # The vision tower and the observation prefill cost as much per row as a prompt prefill, and only the rows
+      # that called a tool need them. So they run on the callers only, in chunks of k rows (k = the smallest
+      # divisor of B that is >= B/4; callers first, in row order): one compiled copy of the turn, run
+      # ceil(n_called / k) times, i.e. zero times in a step where no row called (then the vision tower and the
+      # prefill cost nothing). Rows of a chunk that did not call write only invalid slots past their write index,
+      # and the outputs of rows that did not call are exactly zero (no valid token, no pixels, error 0).
+      k = min(d for d in range(1, B + 1) if B % d == 0 and 4 * d >= B) if rc.compact_rows else B
+      out_shape = jax.eval_shape(lambda: observe_and_prefill(c["cache"], None, called_b)[2])
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
+      order_b = jnp.argsort(~called_b, stable=True)
+
+      def chunk(j, carry):
+        cache, logits_bv, obs = carry
+        if k == B:   # no gather (rows sharded over devices: see RolloutConfig.compact_rows)
+          return observe_and_prefill(cache, None, called_b)
+        sel_k = jax.lax.dynamic_slice_in_dim(order_b, j * k, k)
+        cache, logits_kv, obs_k = observe_and_prefill(cache, sel_k, called_b[sel_k])
+        obs = {n: (obs[n].at[:, sel_k] if n == "positions" else obs[n].at[sel_k]).set(v) for n, v in obs_k.items()}
+        return cache, logits_bv.at[sel_k].set(logits_kv), obs
+
+      n_chunks = (called_b.sum() + k - 1) // k
+      cache, logits_bv, obs = jax.lax.fori_loop(0, n_chunks, chunk, (c["cache"], c["logits"], zeros))
       chunk_valid_bn = obs["valid"]
       pos_3bn, next_counter_b = obs["positions"], obs["next_counter"]
       n_b = chunk_valid_bn.sum(-1).astype(jnp.int32)
