@@ -273,3 +273,11 @@ def test_initializer_range_sets_every_kernel_and_embedding_std():
     for name, w in weights:
       assert abs(float(np.std(np.asarray(w))) / std - 1) < 0.15, (std, name, float(np.std(np.asarray(w))))
   assert "initializer_range" not in json.dumps(config_to_hf_dict(base))
+
+
+def test_smoke_run_is_finite_and_round_trips(capsys):
+  """`python -m videor4_jax.smoke` (the README's one-minute check) exits 0 only with finite logits and an exact
+  HF save/load round trip (it once fed token ids beyond the tiny vocabulary and printed finite=False)."""
+  from videor4_jax import smoke
+  assert smoke.main() == 0
+  assert "finite=True" in capsys.readouterr().out

@@ -21,12 +21,13 @@ def main() -> int:
   from configs import tiny
   from videor4_jax.data.synthetic import SyntheticConfig, generate
   from videor4_jax.model import rope_index, vlm
-  from videor4_jax.model.config import model_config_from_dict
+  from videor4_jax.processing.tokenizer import Tokenizer
+  from videor4_jax.train.curriculum import build_model_config
 
   t0 = time.time()
   c = tiny.get_config()
-  config = model_config_from_dict(c.model, image_token_id=500, video_token_id=501, vision_start_token_id=502,
-                                  vision_end_token_id=503, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+  tk = Tokenizer.tiny()
+  config = build_model_config(c, tk)       # special token ids from the tokenizer (inside the vocabulary)
   params = vlm.init_params(config, jax.random.key(c.seed))
   n = sum(x.size for x in jax.tree.leaves(params))
   print(f"tiny model: {n:,} parameters ({time.time() - t0:.1f}s)")
@@ -40,18 +41,21 @@ def main() -> int:
   x = small.reshape(gt, v.temporal_patch_size, gh // 2, 2, v.patch_size, gw // 2, 2, v.patch_size, 3)
   pixels = np.asarray(x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7).reshape(gt * gh * gw, -1) / 255.0, np.float32)
   grid = np.array([[gt, gh, gw]])
-  ids = np.array([[3, 4, 502] + [501] * (gt * gh * gw // 4) + [503, 5, 6]])
+  ids = np.array([tk.encode("Read") + [tk.vision_start_id] + [tk.video_pad_id] * (gt * gh * gw // 4)
+                  + [tk.vision_end_id] + tk.encode("it.")])
   t0 = time.time()
   logits = jax.jit(lambda p, i, px: videor4_jax.forward(config, p, i, pixel_values_videos=px, video_grid_thw=grid))(
       params, ids, pixels)
+  finite = bool(jnp.isfinite(logits).all())
   print(f"forward on a {f}-frame synthetic video ({ids.shape[1]} tokens): logits {logits.shape} "
-        f"finite={bool(jnp.isfinite(logits).all())} ({time.time() - t0:.1f}s incl. compile)")
+        f"finite={finite} ({time.time() - t0:.1f}s incl. compile)")
 
   cache = vlm.init_cache(config, 1, ids.shape[1] + 8)
   pos, counter = rope_index.mrope_positions(config, rope_index.mm_token_types(config, ids), None,
                                             video_grid_thw=grid)
   emb = vlm.merge_vision(jnp.asarray(ids), vlm.embed_tokens(config, params, jnp.asarray(ids)), None,
-                         vlm.encode_vision(config, params, pixels, grid), image_token_id=500, video_token_id=501)
+                         vlm.encode_vision(config, params, pixels, grid), image_token_id=tk.image_pad_id,
+                         video_token_id=tk.video_pad_id)
   hid, cache = vlm.decode(config, params, emb, pos, jnp.ones(ids.shape, bool), cache, jnp.zeros((1,), jnp.int32))
   tok, out, write = jnp.argmax(vlm.logits(config, params, hid[:, -1]), -1), [], ids.shape[1]
   for _ in range(8):
@@ -66,7 +70,7 @@ def main() -> int:
     config2, params2 = videor4_jax.from_pretrained(d)
     same = all(bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)))
     print(f"HF-format save + load round trip: identical={same} ({sorted(os.listdir(d))})")
-  return 0
+  return 0 if finite and same else 1
 
 
 if __name__ == "__main__":
