@@ -5,9 +5,8 @@
 Model: the `bench/rollout.py --quick` model (10.8M params), 16 rows, fp32.
 
   decode    a jitted `fori_loop` of K single-token `vlm.decode` calls carrying the KV cache (prefill of P tokens
-            first, not timed), at each cache length S. `write=row`: every row writes at its own slot (a `[B]`
-            write index, what the rollout did before); `write=shared`: one scalar slot for all rows (what the
-            rollout does now). Reports ms per token (median of --repeats).
+            first, not timed), at each cache length S; every row writes at its own slot (a `[B]` write index, as
+            in the rollout). Reports ms per token (median of --repeats).
   rollout   the whole greedy rollout (`make_rollout_fn`, B*G = 16, R = 4, T = 40) at several cache lengths: the
             same tokens are generated at every S, so the growth with S is the S-dependent cost of the rollout.
 """
@@ -27,7 +26,7 @@ from videor4_jax.model import vlm  # noqa: E402
 from videor4_jax.processing.tokenizer import Tokenizer  # noqa: E402
 
 
-def time_decode(config, params, S, rows, write, prefill=32, tokens=24, repeats=5):
+def time_decode(config, params, S, rows, prefill=32, tokens=24, repeats=5):
   """ms per decode token at cache length S (K = min(tokens, S - prefill) tokens per timed call)."""
   K = min(tokens, S - prefill)
   ids = jax.random.randint(jax.random.key(0), (rows, prefill), 10, 200)
@@ -49,7 +48,7 @@ def time_decode(config, params, S, rows, write, prefill=32, tokens=24, repeats=5
       h_bd, cache = carry
       tok_b = jnp.argmax(vlm.logits(config, params, h_bd), -1).astype(jnp.int32)
       slot = prefill + i
-      w = jnp.full((rows,), slot, jnp.int32) if write == "row" else jnp.int32(slot)
+      w = jnp.full((rows,), slot, jnp.int32)
       p = jnp.full((3, rows, 1), slot, jnp.int32)
       h, cache = vlm.decode(config, params, vlm.embed_tokens(config, params, tok_b[:, None]), p,
                             jnp.ones((rows, 1), bool), cache, w)
@@ -83,7 +82,6 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--caches", default="64,320,1280")
   ap.add_argument("--rollout-caches", default="320,640,1280")
-  ap.add_argument("--writes", default="row,shared", help="decode write modes to time (row, shared)")
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--out", default=None)
   args = ap.parse_args()
@@ -93,15 +91,10 @@ def main():
   params = biased_params(config, tok, **s["bias"])
   rows = s["B"] * s["G"]
   res = dict(decode_ms_per_token={}, rollout_s={}, machine=dict(loadavg=[round(x, 2) for x in os.getloadavg()]))
-  for write in [w for w in args.writes.split(",") if w]:
-    for S in [int(x) for x in args.caches.split(",") if x]:
-      try:
-        ms, runs = time_decode(config, params, S, rows, write, repeats=args.repeats)
-      except Exception as e:   # the shared write mode does not exist before issue 9
-        print(f"decode write={write} S={S}: {type(e).__name__}: {str(e)[:120]}")
-        break
-      res["decode_ms_per_token"][f"{write}/{S}"] = dict(ms=round(ms, 2), runs=runs)
-      print(f"decode write={write:6s} S={S:5d}: {ms:7.2f} ms/token  {runs}", flush=True)
+  for S in [int(x) for x in args.caches.split(",") if x]:
+    ms, runs = time_decode(config, params, S, rows, repeats=args.repeats)
+    res["decode_ms_per_token"][str(S)] = dict(ms=round(ms, 2), runs=runs)
+    print(f"decode S={S:5d}: {ms:7.2f} ms/token  {runs}", flush=True)
   prompts = make_prompts(tok, s["B"], s["frames"], s["src_hw"], s["global_hw"])
   gen = None
   for S in [int(x) for x in args.rollout_caches.split(",") if x]:

@@ -1,8 +1,7 @@
 """Qwen2 text decoder: GQA with q/k/v bias, M-RoPE, RMSNorm, SwiGLU; scanned layers; a slot-addressed KV cache.
 
 Attention is defined by *slots*: query slot q attends key slot s iff `valid[s] and s <= q`. Without a cache the
-slots of a chunk are `0..T-1`; with a cache the chunk of row b occupies slots `write_index[b] + t` (or
-`write_index + t` for every row when the write index is a scalar). Positions (M-RoPE, `[3, B, T]`) are explicit
+slots of a chunk are `0..T-1`; with a cache the chunk of row b occupies slots `write_index[b] + t`. Positions (M-RoPE, `[3, B, T]`) are explicit
 inputs and never derived from slots, so the rollout can append observation turns whose positions continue from a
 per-row counter.
 
@@ -55,15 +54,13 @@ def mrope_cos_sin(config: ModelConfig, positions_3bt):
 def _write_layer(buf_lbshd, layer, upd_bthd, write_index, rows):
   """Writes one layer's new keys (or values) `[B, T, Hkv, Dh]` into the stacked cache at `write_index`.
 
-  A scalar write index (shared by the rows) is one dynamic_update_slice, in place on a loop carry. A `[B]` write
-  index (each row at its own slot) scatters T slots per row, also in place; `rows` (`[B]`, optional) are the cache
+  `write_index` is `[B]` (each row at its own slot): T slots per row are scattered, in place on a loop carry (a
+  slot shared by all rows, one dynamic_update_slice, measured the same). `rows` (`[B]`, optional) are the cache
   rows the chunk's rows write to (default: the same rows).
   """
   upd_bthd = upd_bthd.astype(buf_lbshd.dtype)
-  if write_index.ndim == 0 and rows is None:
-    return jax.lax.dynamic_update_slice(buf_lbshd, upd_bthd[None], (layer, 0, write_index, 0, 0))
   b, t = upd_bthd.shape[:2]
-  slot_bt = jnp.broadcast_to(write_index, (b,))[:, None] + jnp.arange(t)[None]
+  slot_bt = write_index[:, None] + jnp.arange(t)[None]
   rows_b = jnp.arange(b) if rows is None else rows
   return buf_lbshd.at[layer, rows_b[:, None], slot_bt].set(upd_bthd, mode="promise_in_bounds")
 

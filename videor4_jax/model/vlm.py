@@ -114,19 +114,12 @@ def decode(config: ModelConfig, params, inputs_embeds, positions, token_valid, c
     mask = attention_mask_for(token_valid, None, None)
     hidden, _ = _module(config).apply(params, inputs_embeds, positions, mask, method=Qwen25VL.decode)
     return hidden, None
-  write_index = jnp.asarray(write_index, jnp.int32)
-  b = token_valid.shape[0]
-  if rows is not None:
-    write_index = jnp.broadcast_to(write_index, (b,))
-  if write_index.ndim == 0:      # one slot shared by all rows: in-place writes (see text.py)
-    new_valid = jax.lax.dynamic_update_slice(cache.valid, token_valid, (0, write_index))
-    rows_valid = new_valid
-  else:
-    rows_valid = cache.valid if rows is None else cache.valid[rows]
-    rows_valid = jax.vmap(lambda v, u, o: jax.lax.dynamic_update_slice_in_dim(v, u, o, axis=0))(
-        rows_valid, token_valid, write_index)
-    new_valid = rows_valid if rows is None else cache.valid.at[rows].set(rows_valid)
-  mask = attention_mask_for(token_valid, cache.replace(valid=rows_valid), jnp.broadcast_to(write_index, (b,)))
+  write_index = jnp.broadcast_to(jnp.asarray(write_index, jnp.int32), token_valid.shape[:1])     # [B]
+  rows_valid = cache.valid if rows is None else cache.valid[rows]
+  rows_valid = jax.vmap(lambda v, u, o: jax.lax.dynamic_update_slice_in_dim(v, u, o, axis=0))(
+      rows_valid, token_valid, write_index)
+  new_valid = rows_valid if rows is None else cache.valid.at[rows].set(rows_valid)
+  mask = attention_mask_for(token_valid, cache.replace(valid=rows_valid), write_index)
   hidden, (k, v) = _module(config).apply(params, inputs_embeds, positions, mask, (cache.k, cache.v), write_index,
                                          rows, method=Qwen25VL.decode)
   return hidden, KVCache(k=k, v=v, valid=new_valid)

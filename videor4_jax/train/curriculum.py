@@ -150,7 +150,7 @@ class Runner:
   # ---- stages ----------------------------------------------------------------------------------------------------
   def _train_examples(self, stage):
     """The training split restricted to the stage's `trajectories` kind ("all": every example). SFT stages train
-    on those gold trajectories; GRPO stages sample their prompts from them (RL_d deliberate, RL_c compositional)."""
+    on those gold trajectories; GRPO stages sample their prompts from them."""
     want = self.cfg.stages[stage].get("trajectories", "all")
     src = self.source_fn("train")
     if want == "all":
