@@ -58,22 +58,33 @@ def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, gre
   G = num_generations
 
   def fn(params, prompts, key):
-    prompts = jax.tree.map(lambda x: jnp.repeat(x, G, axis=0), prompts)
-    input_ids_bt = prompts["input_ids"].astype(jnp.int32)
-    B, Tp = input_ids_bt.shape
+    input_ids_pt = prompts["input_ids"].astype(jnp.int32)
+    P, Tp = input_ids_pt.shape
+    B = P * G
     S, R, T = rc.cache_len, rc.max_steps, rc.max_step_tokens
     N = env.obs_len
     if Tp + R * (T + N) > S:
       raise ValueError(f"cache_len={S} < prompt {Tp} + max_steps {R} * (max_step_tokens {T} + observation {N})")
 
     # ---- prefill -------------------------------------------------------------------------------------------
+    # Once per prompt: the G rows of a prompt share its vision tower pass and its prompt prefill (a G-fold saving
+    # of the rollout's largest compute-bound piece); the [P, Tp] prefix cache is then repeated into the
+    # [B, S] cache, row b * G + g taking prompt b.
+    rep = lambda x, axis=0: jnp.repeat(x, G, axis=axis)
     pf = env.prefill_inputs(params, prompts)     # right-aligned embeds, positions, valid, counter, video feats
+    hidden_ptd, prefix = env.decode(params, pf["embeds"], pf["positions"], pf["valid"], env.init_cache(P, Tp),
+                                    jnp.zeros((P,), jnp.int32))
     cache = env.init_cache(B, S)
-    hidden_btd, cache = env.decode(params, pf["embeds"], pf["positions"], pf["valid"], cache,
-                                   jnp.zeros((B,), jnp.int32))
-    length_b = pf["valid"].sum(-1).astype(jnp.int32)
-    last_h_bd = jnp.take_along_axis(hidden_btd, (length_b - 1)[:, None, None], axis=1)[:, 0]
-    logits_bv = env.logits(params, last_h_bd)
+    cache = cache.replace(k=cache.k.at[:, :, :Tp].set(rep(prefix.k, 1)),
+                          v=cache.v.at[:, :, :Tp].set(rep(prefix.v, 1)),
+                          valid=cache.valid.at[:, :Tp].set(rep(prefix.valid)))
+    length_p = pf["valid"].sum(-1).astype(jnp.int32)
+    last_h_pd = jnp.take_along_axis(hidden_ptd, (length_p - 1)[:, None, None], axis=1)[:, 0]
+    logits_bv = rep(env.logits(params, last_h_pd))
+    pf = dict(pf, embeds=None, positions=rep(pf["positions"], 1),
+              **{n: rep(pf[n]) for n in ("ids", "valid", "mm_types", "next_counter", "video_feats")})
+    length_b = rep(length_p)
+    prompts = jax.tree.map(rep, prompts)
 
     pad_s = S - Tp
     rec = dict(
