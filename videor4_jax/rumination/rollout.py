@@ -32,8 +32,9 @@ def _write_rows(buf_bs, upd_bn, offset_b):
 
 
 def _row_keys(key, step, t, rows):
-  return jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, r), step), t))(
-      jnp.arange(rows))
+  """The sampling key of each row at (step, t): `rows` is a row count or an array of row indices."""
+  rows = jnp.arange(rows) if isinstance(rows, int) else rows
+  return jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, r), step), t))(rows)
 
 
 def rollout(env: env_lib.RuminationEnv, params, prompts: dict, key: jax.Array, *, num_generations: int = 1,
@@ -101,50 +102,63 @@ def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, gre
                  last_clip=jnp.zeros((B, env.video_groups), bool), num_generated=jnp.zeros((B,), jnp.int32))
 
     # ---- one rumination step ---------------------------------------------------------------------------------
+    # Rows are compacted into chunks of k: k = the smallest divisor of B that is >= B/4 (see RolloutConfig).
+    k = min(d for d in range(1, B + 1) if B % d == 0 and 4 * d >= B) if rc.compact_rows else B
+
     def decode_segment(state, step):
       def cond(c):
         return (c["t"] < T) & jnp.any(c["active"])
 
-      def body(c):
-        allowed_bv = env.allowed_tokens(c["gstate"])
-        keys = _row_keys(key, step, c["t"], B)
-        tok_b, logp_b = jax.vmap(lambda k, l, a: tuple(x[0] for x in sample(k, l[None], a[None])))(
-            keys, c["logits"], allowed_bv)
-        act_b = c["active"]
-        gstate_b = env.advance_grammar(c["gstate"], tok_b)
-        ends_call_b = env.grammar_accepts(gstate_b)
-        ends_answer_b = (tok_b == env.im_end_id) & (c["gstate"] == 0)
-        stop_b = jnp.where(ends_call_b, STOP_TOOL_CALL, jnp.where(ends_answer_b, STOP_ANSWER, STOP_RUNNING))
-        # Record the sampled token at the row's write slot; inactive rows write nothing valid.
-        slot_b = c["write"]
-        pos_3b = jnp.broadcast_to(c["counter"][None], (3, B))
+      def advance(c, sel_k):
+        """One token for rows `sel_k` (`[k]` distinct row indices; None: all rows). Rows of the selection that
+        are not active compute but change nothing."""
+        rows_k = jnp.arange(B) if sel_k is None else sel_k
+        take = lambda x: x if sel_k is None else jnp.take(x, sel_k, axis=0)
+        act_k, gstate_k, slot_k, counter_k = take(c["active"]), take(c["gstate"]), take(c["write"]), take(c["counter"])
+        allowed_kv = env.allowed_tokens(gstate_k)
+        keys = _row_keys(key, step, c["t"], rows_k)
+        tok_k, logp_k = jax.vmap(lambda k, l, a: tuple(x[0] for x in sample(k, l[None], a[None])))(
+            keys, take(c["logits"]), allowed_kv)
+        next_gstate_k = env.advance_grammar(gstate_k, tok_k)
+        ends_call_k = env.grammar_accepts(next_gstate_k)
+        ends_answer_k = (tok_k == env.im_end_id) & (gstate_k == 0)
+        stop_k = jnp.where(ends_call_k, STOP_TOOL_CALL, jnp.where(ends_answer_k, STOP_ANSWER, STOP_RUNNING))
+        # Active rows record the sampled token at their write slot; the others keep what was there.
+        at_slot = lambda buf, val: buf.at[rows_k, slot_k].set(jnp.where(act_k, val, buf[rows_k, slot_k]))
         r = c["rec"]
-        one = lambda buf, val: _write_rows(buf, val[:, None], slot_b)
-        r = dict(r, tokens=jnp.where(act_b[:, None], one(r["tokens"], tok_b), r["tokens"]),
-                 valid=jnp.where(act_b[:, None], one(r["valid"], act_b), r["valid"]),
-                 loss_mask=jnp.where(act_b[:, None], one(r["loss_mask"], act_b.astype(jnp.float32)), r["loss_mask"]),
-                 logp=jnp.where(act_b[:, None], one(r["logp"], logp_b), r["logp"]),
-                 forced=jnp.where(act_b[:, None], one(r["forced"], allowed_bv.sum(-1) == 1), r["forced"]),
-                 mm_types=jnp.where(act_b[:, None], one(r["mm_types"], jnp.zeros_like(tok_b)), r["mm_types"]),
-                 positions=jnp.where(act_b[None, :, None],
-                                     jax.vmap(_write_rows, in_axes=(0, 0, None))(r["positions"], pos_3b[:, :, None],
-                                                                                 slot_b), r["positions"]))
-        emb_b1d = env.embed(params, tok_b[:, None])
-        h_b1d, cache = env.decode(params, emb_b1d, pos_3b[:, :, None], act_b[:, None], c["cache"], slot_b)
-        logits_bv = jnp.where(act_b[:, None], env.logits(params, h_b1d[:, 0]), c["logits"])
-        step_tok = jnp.where(act_b[:, None], _write_rows(c["step_tokens"], tok_b[:, None], c["step_len"]),
-                             c["step_tokens"])
-        adv = act_b.astype(jnp.int32)
-        return dict(c, t=c["t"] + 1, cache=cache, logits=logits_bv, rec=r, write=c["write"] + adv,
-                    counter=c["counter"] + adv, step_tokens=step_tok, step_len=c["step_len"] + adv,
-                    gstate=jnp.where(act_b, gstate_b, c["gstate"]),
-                    stop=jnp.where(act_b, stop_b, c["stop"]), active=act_b & (stop_b == STOP_RUNNING))
+        r = dict(r, tokens=at_slot(r["tokens"], tok_k), valid=at_slot(r["valid"], True),
+                 loss_mask=at_slot(r["loss_mask"], 1.0), logp=at_slot(r["logp"], logp_k),
+                 forced=at_slot(r["forced"], allowed_kv.sum(-1) == 1), mm_types=at_slot(r["mm_types"], 0),
+                 positions=jax.vmap(at_slot)(r["positions"], jnp.broadcast_to(counter_k, (3, rows_k.shape[0]))))
+        pos_3k1 = jnp.broadcast_to(counter_k[None, :, None], (3, rows_k.shape[0], 1))
+        h_k1d, cache = env.decode(params, env.embed(params, tok_k[:, None]), pos_3k1, act_k[:, None], c["cache"],
+                                  slot_k, rows=sel_k)
+        keep = lambda old, new: old.at[rows_k].set(jnp.where(act_k.reshape((-1,) + (1,) * (new.ndim - 1)), new,
+                                                             old[rows_k]))
+        adv_k = act_k.astype(jnp.int32)
+        step_len_k = take(c["step_len"])
+        return dict(c, t=c["t"] + 1, cache=cache, rec=r,
+                    logits=keep(c["logits"], env.logits(params, h_k1d[:, 0])),
+                    write=keep(c["write"], slot_k + 1), counter=keep(c["counter"], counter_k + 1),
+                    step_tokens=c["step_tokens"].at[rows_k, step_len_k].set(
+                        jnp.where(act_k, tok_k, c["step_tokens"][rows_k, jnp.minimum(step_len_k, T - 1)]),
+                        mode="drop"),
+                    step_len=c["step_len"] + jnp.zeros((B,), jnp.int32).at[rows_k].set(adv_k),
+                    gstate=keep(c["gstate"], next_gstate_k), stop=keep(c["stop"], stop_k),
+                    active=keep(c["active"], stop_k == STOP_RUNNING))
 
       c0 = dict(t=jnp.int32(0), cache=state["cache"], logits=state["logits"], rec=state["rec"],
                 write=state["write"], counter=state["counter"], active=~state["done"],
                 gstate=jnp.zeros((B,), jnp.int32), stop=jnp.zeros((B,), jnp.int32),
                 step_tokens=jnp.zeros((B, T), jnp.int32), step_len=jnp.zeros((B,), jnp.int32))
-      c = jax.lax.while_loop(cond, body, c0)
+      # Rows only stop within a segment, so it runs as two loops: all B rows while more than k are running, then
+      # the (at most k) rows still running, gathered once (k as for the observation turn below): finished rows
+      # stop costing compute. A lax.cond per token would copy the KV cache in and out of its branches instead; a
+      # third loop at B/2 rows measured no faster here (and costs one more copy of the decoder to compile).
+      c = jax.lax.while_loop(lambda c: cond(c) & (c["active"].sum() > k), lambda c: advance(c, None), c0)
+      if k < B:
+        sel_k = jnp.argsort(~c["active"], stable=True)[:k]
+        c = jax.lax.while_loop(cond, lambda c: advance(c, sel_k), c)
       # Rows still running at the budget are cut: they fail (no answer) and stop.
       stop_b = jnp.where(c["active"], STOP_BUDGET, c["stop"])
       return c, stop_b
@@ -174,7 +188,6 @@ def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, gre
       # ceil(n_called / k) times, i.e. zero times in a step where no row called (then the vision tower and the
       # prefill cost nothing). Rows of a chunk that did not call write only invalid slots past their write index,
       # and the outputs of rows that did not call are exactly zero (no valid token, no pixels, error 0).
-      k = min(d for d in range(1, B + 1) if B % d == 0 and 4 * d >= B) if rc.compact_rows else B
       out_shape = jax.eval_shape(lambda: observe_and_prefill(c["cache"], None, called_b)[2])
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
       order_b = jnp.argsort(~called_b, stable=True)
