@@ -322,17 +322,23 @@ def decode_iterations(lengths, R):
 def ours_work(traj, prompts, env, G):
   """Decoder token-rows of the KV-kept rollout (as rollout.py runs it): the prompt prefill once per prompt; per
   decode iteration B rows while more than k rows are running, then k rows; per step ceil(callers / k) chunks of
-  k rows x N observation slots (k = the smallest divisor of B that is >= B/4)."""
+  k rows x N observation slots, where callers whose outcome has one frame group at most (not a clip of > 2
+  frames) get chunks `templates.length_upto(1)` slots wide (k = the smallest divisor of B that is >= B/4)."""
   P, Tp = prompts["input_ids"].shape
   B, R, N = P * G, env.rollout.max_steps, env.obs_len
   k = min(d for d in range(1, B + 1) if B % d == 0 and 4 * d >= B) if env.rollout.compact_rows else B
-  callers = np.asarray(traj.actions.called).sum(0)
+  called = np.asarray(traj.actions.called)
+  wide = called & (np.asarray(traj.actions.kind) == 2) & (np.asarray(traj.actions.num_frames) > 2)
+  n1 = env.templates.length_upto(1)
+  if n1 == N or k == B:
+    wide = called
+  obs = sum(-(-int(w) // k) * k * N + -(-int(c - w) // k) * k * n1 for w, c in zip(wide.sum(0), called.sum(0)))
   lengths = step_lengths(traj.loss_mask)
   decode = 0
   for j, n in enumerate(decode_iterations(lengths, R)):
     running = [sum(len(r) > j and r[j] > t for r in lengths) for t in range(n)]
     decode += sum(B if a > k else k for a in running)
-  return P * Tp + decode + sum(-(-int(c) // k) * k * N for c in callers)
+  return P * Tp + decode + obs
 
 
 # ------------------------------------------------------------------------------------------------ main

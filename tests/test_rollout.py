@@ -282,3 +282,24 @@ def test_pooled_features_are_mean_vision_embeddings(setup, rollout2):
     worst = max(worst, np.abs(np.asarray(traj.video_feats[b]) - ref).max())
   print(f"pooled features vs recomputed: max|diff|={worst:.2e}")
   assert worst <= 1e-5
+
+
+def test_narrow_observation_prefill_equals_reference_loop():
+  """At 112-px observations a one-group outcome (crop, clip of <= 2 frames, error) fills 30 of the N = 46 slots, so
+  the rollout prefills those observations in a second, narrower loop (env.observe(max_groups=1)); clips of 3-4
+  frames go in the full-width loop. Both must match the plain reference loop token for token."""
+  rc = RolloutConfig(max_steps=3, max_step_tokens=32, cache_len=512, obs_hw=(112, 112), max_clip_frames=4,
+                     crop_min_px=4)
+  tok, config, params, env = make_setup(rc, seed=3)
+  assert env.templates.length_upto(1) < env.obs_len
+  prompts = make_prompts(tok, config, 4, seed=3)
+  key = jax.random.key(3)
+  traj = make_rollout_fn(env, greedy=False)(params, prompts, key)
+  ref = reference_rollout(tok, config, params, env, prompts, key, greedy=False)
+  for b in range(4):
+    assert _generated(traj, b) == ref[b], f"row {b}"
+  called = np.asarray(traj.actions.called)
+  kind, n = np.asarray(traj.actions.kind)[called], np.asarray(traj.actions.num_frames)[called]
+  wide = (kind == grammar.KIND_CLIP) & (n > 2)
+  print(f"calls: {called.sum()}, wide: {wide.sum()}, narrow: {(~wide).sum()}")
+  assert (~wide).any() and wide.any()

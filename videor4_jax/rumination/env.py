@@ -125,11 +125,21 @@ class RuminationEnv:
     grid = jnp.stack([t, jnp.full_like(t, gh), jnp.full_like(t, gw)], -1).astype(jnp.int32)
     return pixels, grid, error.astype(jnp.int32), crop_ok, clip_ok
 
-  def observe(self, params, source_frames, action, called_b, counter_b):
-    """Executes the actions and renders the observation chunk: ids, validity, types, embeddings, positions."""
+  def observe(self, params, source_frames, action, called_b, counter_b, max_groups=None):
+    """Executes the actions and renders the observation chunk: ids, validity, types, embeddings, positions.
+
+    max_groups (static, optional): the caller knows that no row's outcome has more frame groups than this (a
+    crop has one), so the vision tower sees only those groups' patches and `embeds`, the input of the chunk's
+    prefill, is `templates.length_upto(max_groups)` slots wide instead of N. Every other output keeps its
+    full width.
+    """
     pixels, grid, error, crop_ok, clip_ok = self.execute(source_frames, action, called_b)
     patches = jax.vmap(lambda f: pixel_ops.to_patches(f))(pixels)                 # [B, No, P]
-    embeds = self.encode_rows(params, patches, grid)                             # [B, No/4, D]
+    n_slots, seen = self.obs_len, patches
+    if max_groups is not None:
+      n_slots = self.templates.length_upto(max_groups)
+      seen = patches[:, :patches.shape[1] * max_groups // self.templates.max_groups]
+    embeds = self.encode_rows(params, seen, grid)                                # [B, No'/4, D]
     n_valid = grid.prod(-1) // self.config.vision.spatial_merge_size ** 2
     emb_valid = jnp.arange(embeds.shape[1])[None] < n_valid[:, None]
     pooled = (embeds * emb_valid[..., None]).sum(1) / jnp.maximum(n_valid, 1)[:, None]
@@ -137,7 +147,8 @@ class RuminationEnv:
     outcome = observation.outcome_index(self.templates, action["kind"], error, groups)
     ids, valid, types = observation.build_observation(self.templates, outcome)
     valid = valid & called_b[:, None]
-    x = vlm.merge_row_vision(self.embed(params, ids), (types > 0) & valid, embeds, emb_valid)
+    x = vlm.merge_row_vision(self.embed(params, ids[:, :n_slots]), ((types > 0) & valid)[:, :n_slots], embeds,
+                             emb_valid)
     image_grid = jnp.where(crop_ok[:, None], grid, jnp.zeros_like(grid))
     video_grid = jnp.where(clip_ok[:, None], grid, jnp.zeros_like(grid))
     spg = jnp.full((grid.shape[0],), self.rollout.clip_seconds_per_group, jnp.float32)

@@ -30,6 +30,12 @@ class ObservationTemplates:
   def length(self) -> int:
     return self.ids.shape[1]
 
+  def length_upto(self, groups: int) -> int:
+    """Slots that any outcome of at most `groups` frame groups needs (a crop, a clip of <= `groups` groups,
+    every error): observation turns known to be that small can be prefilled this many slots wide."""
+    rows = [0, *range(1, groups + 1), *range(self.max_groups + 1, self.ids.shape[0])]
+    return int(self.valid[rows].sum(1).max())
+
 
 def build_templates(tok, obs_hw, max_clip_frames: int, *, patch: int = 14, merge: int = 2) -> ObservationTemplates:
   per_group = (obs_hw[0] // patch) * (obs_hw[1] // patch) // (merge * merge)

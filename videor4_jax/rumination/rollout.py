@@ -169,14 +169,15 @@ def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, gre
       called_b = (stop_b == STOP_TOOL_CALL) & ~was_done_b
       action = env.parse_action(c["step_tokens"], c["step_len"])
 
-      def observe_and_prefill(cache, sel_k, called_k):
+      def observe_and_prefill(cache, sel_k, called_k, max_groups=None):
         """Observation turn of rows `sel_k` (all rows when None): vision tower, prefill into those rows of the
-        cache, logits of the turn's last token."""
+        cache, logits of the turn's last token. `max_groups`: see `env.observe` (a narrower prefill)."""
         take = (lambda x: x) if sel_k is None else (lambda x: jnp.take(x, sel_k, axis=0))
         obs = env.observe(params, take(prompts["source_frames"]), jax.tree.map(take, action), called_k,
-                          take(c["counter"]))
-        h_knd, cache = env.decode(params, obs["embeds"], obs["positions"], obs["valid"], cache, take(c["write"]),
-                                  rows=sel_k)
+                          take(c["counter"]), max_groups)
+        n = obs["embeds"].shape[1]
+        h_knd, cache = env.decode(params, obs["embeds"], obs["positions"][:, :, :n], obs["valid"][:, :n], cache,
+                                  take(c["write"]), rows=sel_k)
         n_k = obs["valid"].sum(-1).astype(jnp.int32)
         last_h_kd = jnp.take_along_axis(h_knd, jnp.maximum(n_k - 1, 0)[:, None, None], axis=1)[:, 0]
         obs = {k: v for k, v in obs.items() if k != "embeds"}
@@ -184,25 +185,36 @@ def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, gre
 
       # The vision tower and the observation prefill cost as much per row as a prompt prefill, and only the rows
       # that called a tool need them. So they run on the callers only, in chunks of k rows (k = the smallest
-      # divisor of B that is >= B/4; callers first, in row order): one compiled copy of the turn, run
-      # ceil(n_called / k) times, i.e. zero times in a step where no row called (then the vision tower and the
-      # prefill cost nothing). Rows of a chunk that did not call write only invalid slots past their write index,
-      # and the outputs of rows that did not call are exactly zero (no valid token, no pixels, error 0).
+      # divisor of B that is >= B/4): one compiled copy of the turn, run ceil(callers / k) times, i.e. zero times
+      # in a step where no row called. The last chunk's tail repeats its last caller (the same row computed
+      # twice writes the same values twice), so a chunk touches no other row. Observations that cannot have more
+      # than one frame group (a crop, a clip of <= 2 frames, any error) fill at most `length_upto(1)` of the N
+      # slots (30 of 46 at 112 px with K = 4; a quarter at K = 8), so when that is narrower they go in a second
+      # loop, prefilled that wide. Rows that did not call keep zero outputs (no valid token, no pixels, error 0).
       out_shape = jax.eval_shape(lambda: observe_and_prefill(c["cache"], None, called_b)[2])
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
-      order_b = jnp.argsort(~called_b, stable=True)
+      carry = (c["cache"], c["logits"], zeros)
+      if k == B:   # no gather (rows sharded over devices: see RolloutConfig.compact_rows)
+        carry = jax.lax.fori_loop(0, called_b.any().astype(jnp.int32),      # a loop: a cond would copy the cache
+                                  lambda j, carry: observe_and_prefill(carry[0], None, called_b), carry)
+      else:
+        wide_b = called_b & (action["kind"] == env_lib.KIND_CLIP) & (action["num_frames"] > 2)
+        narrow = env.templates.length_upto(1) < N
+        passes = [(wide_b, None), (called_b & ~wide_b, 1)] if narrow else [(called_b, None)]
+        for callers_b, max_groups in passes:
+          order_b = jnp.argsort(~callers_b, stable=True)
+          n_callers = callers_b.sum()
 
-      def chunk(j, carry):
-        cache, logits_bv, obs = carry
-        if k == B:   # no gather (rows sharded over devices: see RolloutConfig.compact_rows)
-          return observe_and_prefill(cache, None, called_b)
-        sel_k = jax.lax.dynamic_slice_in_dim(order_b, j * k, k)
-        cache, logits_kv, obs_k = observe_and_prefill(cache, sel_k, called_b[sel_k])
-        obs = {n: (obs[n].at[:, sel_k] if n == "positions" else obs[n].at[sel_k]).set(v) for n, v in obs_k.items()}
-        return cache, logits_bv.at[sel_k].set(logits_kv), obs
+          def chunk(j, carry, order_b=order_b, n_callers=n_callers, max_groups=max_groups):
+            cache, logits_bv, obs = carry
+            sel_k = order_b[jnp.minimum(j * k + jnp.arange(k), n_callers - 1)]
+            cache, logits_kv, obs_k = observe_and_prefill(cache, sel_k, jnp.ones((k,), bool), max_groups)
+            obs = {n: (obs[n].at[:, sel_k] if n == "positions" else obs[n].at[sel_k]).set(v)
+                   for n, v in obs_k.items()}
+            return cache, logits_bv.at[sel_k].set(logits_kv), obs
 
-      n_chunks = (called_b.sum() + k - 1) // k
-      cache, logits_bv, obs = jax.lax.fori_loop(0, n_chunks, chunk, (c["cache"], c["logits"], zeros))
+          carry = jax.lax.fori_loop(0, (n_callers + k - 1) // k, chunk, carry)
+      cache, logits_bv, obs = carry
       chunk_valid_bn = obs["valid"]
       pos_3bn, next_counter_b = obs["positions"], obs["next_counter"]
       n_b = chunk_valid_bn.sum(-1).astype(jnp.int32)
