@@ -189,7 +189,7 @@ def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, gre
       # in a step where no row called. The last chunk's tail repeats its last caller (the same row computed
       # twice writes the same values twice), so a chunk touches no other row. Observations that cannot have more
       # than one frame group (a crop, a clip of <= 2 frames, any error) fill at most `length_upto(1)` of the N
-      # slots (30 of 46 at 112 px with K = 4; a quarter at K = 8), so when that is narrower they go in a second
+      # slots (30 of 46 at 112 px with K = 4, 78 of 270 at 224 px with K = 8), so when narrower they go in a second
       # loop, prefilled that wide. Rows that did not call keep zero outputs (no valid token, no pixels, error 0).
       out_shape = jax.eval_shape(lambda: observe_and_prefill(c["cache"], None, called_b)[2])
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
