@@ -17,8 +17,10 @@ class RolloutConfig:
   crop_min_px:      a crop smaller than this in source pixels (either side) is an error.
   clip_seconds_per_group: temporal M-RoPE scale of a clip observation (seconds per 2-frame group).
   compact_rows:     run a step's observation turn (vision tower + prefill) only on the rows that called a tool,
-                    gathered into chunks of about B/4 rows. Turn it off when the rows are sharded over devices: the
-                    gather by a traced row index would then move KV-cache rows between devices.
+                    gathered into chunks of about B/4 rows (one-group outcomes in narrower chunks), and the end of
+                    a decode segment, once at most B/4 rows still run, on those rows only. Turn it off when the
+                    rows are sharded over devices: the gather by a traced row index would then move KV-cache rows
+                    between devices.
   """
   max_steps: int = 4
   max_step_tokens: int = 48
