@@ -51,6 +51,7 @@ from videor4_jax.processing import chat, grammar  # noqa: E402
 from videor4_jax.processing.tokenizer import Tokenizer, padded_vocab_size  # noqa: E402
 from videor4_jax.rumination import observation, pixel_ops  # noqa: E402
 from videor4_jax.rumination.sampling import sample_next  # noqa: E402
+from videor4_jax.rumination.rollout import chunk_rows, may_need_wide_observation  # noqa: E402
 
 SETTINGS = {
     "full": dict(text=dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=16, num_attention_heads=8,
@@ -323,12 +324,12 @@ def ours_work(traj, prompts, env, G):
   """Decoder token-rows of the KV-kept rollout (as rollout.py runs it): the prompt prefill once per prompt; per
   decode iteration B rows while more than k rows are running, then k rows; per step ceil(callers / k) chunks of
   k rows x N observation slots, where callers whose outcome has one frame group at most (not a clip of > 2
-  frames) get chunks `templates.length_upto(1)` slots wide (k = the smallest divisor of B that is >= B/4)."""
+  frames) get chunks `templates.length_upto(1)` slots wide (k = rollout.chunk_rows)."""
   P, Tp = prompts["input_ids"].shape
   B, R, N = P * G, env.rollout.max_steps, env.obs_len
-  k = min(d for d in range(1, B + 1) if B % d == 0 and 4 * d >= B) if env.rollout.compact_rows else B
+  k = chunk_rows(B, env.rollout.compact_rows)
   called = np.asarray(traj.actions.called)
-  wide = called & (np.asarray(traj.actions.kind) == 2) & (np.asarray(traj.actions.num_frames) > 2)
+  wide = called & may_need_wide_observation(np.asarray(traj.actions.kind), np.asarray(traj.actions.num_frames))
   n1 = env.templates.length_upto(1)
   if n1 == N or k == B:
     wide = called

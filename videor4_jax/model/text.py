@@ -1,9 +1,9 @@
 """Qwen2 text decoder: GQA with q/k/v bias, M-RoPE, RMSNorm, SwiGLU; scanned layers; a slot-addressed KV cache.
 
 Attention is defined by *slots*: query slot q attends key slot s iff `valid[s] and s <= q`. Without a cache the
-slots of a chunk are `0..T-1`; with a cache the chunk of row b occupies slots `write_index[b] + t`. Positions (M-RoPE, `[3, B, T]`) are explicit
-inputs and never derived from slots, so the rollout can append observation turns whose positions continue from a
-per-row counter.
+slots of a chunk are `0..T-1`; with a cache the chunk of row b occupies slots `write_index[b] + t`. Positions
+(M-RoPE, `[3, B, T]`) are explicit inputs and never derived from slots, so the rollout can append observation
+turns whose positions continue from a per-row counter.
 
 Cost of a cached call (issue 9: a decode token used to cost O(cache_len) copies). The stacked cache
 `[L, B, S, Hkv, Dh]` is carried through the layer scan, not scanned over as xs/ys (a scan output is a fresh buffer,

@@ -37,6 +37,18 @@ def _row_keys(key, step, t, rows):
   return jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, r), step), t))(rows)
 
 
+def chunk_rows(rows: int, compact: bool = True) -> int:
+  """k, the rows of a compacted chunk (observation turns, the end of a decode segment): the smallest divisor of
+  `rows` that is >= rows / 4, or all rows when not compacting (`RolloutConfig.compact_rows`)."""
+  return min(d for d in range(1, rows + 1) if rows % d == 0 and 4 * d >= rows) if compact else rows
+
+
+def may_need_wide_observation(kind, num_frames):
+  """Calls whose outcome may hold more than one frame group (pixel_ops.clip pairs frames into groups): clips of
+  more than 2 frames. Every other outcome fits `templates.length_upto(1)` slots. numpy or jax arrays."""
+  return (kind == env_lib.KIND_CLIP) & (num_frames > 2)
+
+
 def rollout(env: env_lib.RuminationEnv, params, prompts: dict, key: jax.Array, *, num_generations: int = 1,
             greedy: bool = False, temperature: float | None = None, top_p: float | None = None) -> Trajectory:
   """Ruminates on a batch of prompts. See `make_rollout_fn` for the jitted form and the prompt fields."""
@@ -102,8 +114,7 @@ def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, gre
                  last_clip=jnp.zeros((B, env.video_groups), bool), num_generated=jnp.zeros((B,), jnp.int32))
 
     # ---- one rumination step ---------------------------------------------------------------------------------
-    # Rows are compacted into chunks of k: k = the smallest divisor of B that is >= B/4 (see RolloutConfig).
-    k = min(d for d in range(1, B + 1) if B % d == 0 and 4 * d >= B) if rc.compact_rows else B
+    k = chunk_rows(B, rc.compact_rows)
 
     def decode_segment(state, step):
       def cond(c):
@@ -123,8 +134,10 @@ def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, gre
         ends_call_k = env.grammar_accepts(next_gstate_k)
         ends_answer_k = (tok_k == env.im_end_id) & (gstate_k == 0)
         stop_k = jnp.where(ends_call_k, STOP_TOOL_CALL, jnp.where(ends_answer_k, STOP_ANSWER, STOP_RUNNING))
-        # Active rows record the sampled token at their write slot; the others keep what was there.
-        at_slot = lambda buf, val: buf.at[rows_k, slot_k].set(jnp.where(act_k, val, buf[rows_k, slot_k]))
+        # Active rows record the sampled token at their write slot (and in their step record); the others keep
+        # what was there.
+        write_at = lambda buf, col_k, val: buf.at[rows_k, col_k].set(jnp.where(act_k, val, buf[rows_k, col_k]))
+        at_slot = lambda buf, val: write_at(buf, slot_k, val)
         r = c["rec"]
         r = dict(r, tokens=at_slot(r["tokens"], tok_k), valid=at_slot(r["valid"], True),
                  loss_mask=at_slot(r["loss_mask"], 1.0), logp=at_slot(r["logp"], logp_k),
@@ -135,15 +148,12 @@ def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, gre
                                   slot_k, rows=sel_k)
         keep = lambda old, new: old.at[rows_k].set(jnp.where(act_k.reshape((-1,) + (1,) * (new.ndim - 1)), new,
                                                              old[rows_k]))
-        adv_k = act_k.astype(jnp.int32)
-        step_len_k = take(c["step_len"])
+        step_len_k = take(c["step_len"])    # < T: a row's step length is at most t, and the loop runs while t < T
         return dict(c, t=c["t"] + 1, cache=cache, rec=r,
                     logits=keep(c["logits"], env.logits(params, h_k1d[:, 0])),
                     write=keep(c["write"], slot_k + 1), counter=keep(c["counter"], counter_k + 1),
-                    step_tokens=c["step_tokens"].at[rows_k, step_len_k].set(
-                        jnp.where(act_k, tok_k, c["step_tokens"][rows_k, jnp.minimum(step_len_k, T - 1)]),
-                        mode="drop"),
-                    step_len=c["step_len"] + jnp.zeros((B,), jnp.int32).at[rows_k].set(adv_k),
+                    step_tokens=write_at(c["step_tokens"], step_len_k, tok_k),
+                    step_len=keep(c["step_len"], step_len_k + 1),
                     gstate=keep(c["gstate"], next_gstate_k), stop=keep(c["stop"], stop_k),
                     active=keep(c["active"], stop_k == STOP_RUNNING))
 
@@ -198,7 +208,7 @@ def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, gre
         carry = jax.lax.fori_loop(0, called_b.any().astype(jnp.int32),      # a loop: a cond would copy the cache
                                   lambda j, carry: observe_and_prefill(carry[0], None, called_b), carry)
       else:
-        wide_b = called_b & (action["kind"] == env_lib.KIND_CLIP) & (action["num_frames"] > 2)
+        wide_b = called_b & may_need_wide_observation(action["kind"], action["num_frames"])
         narrow = env.templates.length_upto(1) < N
         passes = [(wide_b, None), (called_b & ~wide_b, 1)] if narrow else [(called_b, None)]
         for callers_b, max_groups in passes:
