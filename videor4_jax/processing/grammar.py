@@ -67,8 +67,8 @@ def action_text(action: dict) -> str:
   raise ValueError(f"unknown tool {action['name']!r}")
 
 
-def encode_action(tokenizer, action: dict) -> list[int]:
-  """Token ids of an action: literal pieces and single digits / '.' encoded one by one (the automaton's path)."""
+def _automaton_path(tokenizer, action: dict) -> list[int]:
+  """Token ids along the constrained decoder's path: literal pieces and single digits / '.' one by one."""
   enc = lambda s: tokenizer.encode(s)
   ids = [tokenizer.tool_call_start_id] + enc(OPEN)
   num = lambda s: [i for ch in s for i in enc(ch)]
@@ -83,6 +83,18 @@ def encode_action(tokenizer, action: dict) -> list[int]:
   else:
     raise ValueError(f"unknown tool {action['name']!r}")
   return ids + enc(CLOSE) + [tokenizer.tool_call_end_id]
+
+
+def encode_action(tokenizer, action: dict) -> list[int]:
+  """Token ids of an action: its canonical text encoded whole, as a tokenizer reads it. These must equal the
+  constrained decoder's path (the automaton forces pieces token by token), else SFT would teach ids the rollout
+  can never emit: a tokenizer whose merges cross the grammar's piece boundaries is an error here."""
+  ids = tokenizer.encode(action_text(action))
+  path = _automaton_path(tokenizer, action)
+  if ids != path:
+    raise ValueError(f"this tokenizer encodes the tool call {action_text(action)!r} as {ids}, but the grammar's "
+                     f"constrained path is {path}: its merges cross the grammar's piece boundaries")
+  return ids
 
 
 @dataclasses.dataclass(frozen=True)
