@@ -3,8 +3,9 @@
     python eval.py --checkpoint runs/tiny/final_hf --dataset synthetic_textvideo --split test \
         --mode rumination --output runs/tiny/eval_test.json [--config configs/tiny.py] [--trace_dir DIR]
 
---checkpoint: an HF-format directory (config.json + model.safetensors [+ tokenizer.json]), as train.py writes to
-<workdir>/final_hf. --dataset: "synthetic_textvideo" (built from the config's data settings if absent) or a TFDS
+--checkpoint: an HF Qwen2.5-VL directory (config.json, safetensors weights, tokenizer.json, preprocessor_config.json,
+a chat template), as the hub ships it or as train.py writes to <workdir>/final_hf. The tokenizer, vision settings
+and model config are the directory's; --config gives the data, pipeline and rollout settings. --dataset: "synthetic_textvideo" (built from the config's data settings if absent) or a TFDS
 directory / registered name under --config.data.data_dir. The results JSON schema is in videor4_jax/eval/loop.py.
 """
 import json
@@ -22,6 +23,7 @@ flags.DEFINE_string("output", None, "Results JSON path.", required=True)
 flags.DEFINE_integer("num_examples", None, "Evaluate only the first N questions.")
 flags.DEFINE_string("trace_dir", None, "Write an HTML trace report of the first --num_traces questions here.")
 flags.DEFINE_integer("num_traces", 8, "Questions in the trace report.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and compute dtype.")
 flags.DEFINE_bool("screenshot", False, "Also render the trace page to trace_dir/screenshot.png (headless Chromium).")
 
 
@@ -29,28 +31,39 @@ def main(argv):
   del argv
   from absl import logging
   logging.set_verbosity(logging.WARNING)   # Orbax / tfds INFO lines would drown the progress output
-  import dataclasses
+  import jax.numpy as jnp
 
-  import numpy as np
-
-  from videor4_jax.convert.hf import from_pretrained
+  from videor4_jax.convert import resolve
+  from videor4_jax.convert.hf import load_params
   from videor4_jax.data import pipeline
   from videor4_jax.data.sources import make_source_fn
-  from videor4_jax.eval.loop import evaluate, final_segment
-  from videor4_jax.processing.tokenizer import Tokenizer
+  from videor4_jax.eval.loop import evaluate
   from videor4_jax.rumination.config import RolloutConfig
   from videor4_jax.rumination.env import make_env
 
   cfg = flags.FLAGS.config
   ckpt = flags.FLAGS.checkpoint
-  tok = Tokenizer.from_dir(ckpt) if os.path.exists(os.path.join(ckpt, "tokenizer.json")) else Tokenizer.tiny()
-  config, params = from_pretrained(ckpt)
+  missing = [f for f in ("config.json", "tokenizer.json", "preprocessor_config.json")
+             if not os.path.isfile(os.path.join(ckpt, f))]
+  if not any(f.endswith(".safetensors") for f in (os.listdir(ckpt) if os.path.isdir(ckpt) else [])):
+    missing.append("model.safetensors (or model-*.safetensors + model.safetensors.index.json)")
+  if missing:
+    raise SystemExit(f"eval.py: {ckpt} is not a complete HF Qwen2.5-VL directory; missing: {', '.join(missing)}")
+  # Tokenizer, chat template, vision settings and model config all from the checkpoint directory; checked against
+  # each other and the rollout settings before any data is read or anything compiled.
+  explicit = set(config_flags.get_override_values(flags.FLAGS["config"]))
+  cfg.model.dtype = cfg.model.param_dtype = flags.FLAGS.dtype
+  processor = resolve.make_processor(cfg, ckpt, explicit)
+  config = resolve.make_model_config(cfg, processor, ckpt, explicit)
+  rollout_cfg = RolloutConfig(**cfg.rollout.to_dict())
+  resolve.check_compatible(config, processor, rollout_cfg)
+  params = load_params(ckpt, config, jnp.dtype(flags.FLAGS.dtype))
   if flags.FLAGS.dataset != "synthetic_textvideo":
     cfg.data.name = flags.FLAGS.dataset
   source = make_source_fn(cfg.data)(flags.FLAGS.split)
   pcfg = pipeline.PipelineConfig(**{**cfg.pipeline.to_dict(), "batch_size": cfg.eval.batch_size})
-  env = make_env(config, RolloutConfig(**cfg.rollout.to_dict()), tok, pcfg.num_frames)
-  results, kept = evaluate(env, params, tok, source, pcfg, mode=flags.FLAGS.mode,
+  env = make_env(config, rollout_cfg, processor.tokenizer, pcfg.num_frames)
+  results, kept = evaluate(env, params, processor, source, pcfg, mode=flags.FLAGS.mode,
                            num_examples=flags.FLAGS.num_examples, keep_batches=True)
   os.makedirs(os.path.dirname(os.path.abspath(flags.FLAGS.output)), exist_ok=True)
   tmp = flags.FLAGS.output + ".tmp"
@@ -64,7 +77,7 @@ def main(argv):
   if flags.FLAGS.trace_dir:
     from videor4_jax.eval.trace_records import trace_records
     from videor4_jax.eval.trace import write_trace_report
-    recs = trace_records(kept, results["questions"], tok, env, flags.FLAGS.num_traces)
+    recs = trace_records(kept, results["questions"], processor.tokenizer, env, flags.FLAGS.num_traces)
     page = write_trace_report(flags.FLAGS.trace_dir, recs)
     print("trace:", page)
     if flags.FLAGS.screenshot:

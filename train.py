@@ -37,16 +37,17 @@ def main(argv):
   cfg = flags.FLAGS.config
   workdir = flags.FLAGS.workdir or cfg.workdir
   os.makedirs(workdir, exist_ok=True)
-  from videor4_jax.processing.tokenizer import Tokenizer
   from videor4_jax.data.sources import make_source_fn
   from videor4_jax.train.curriculum import Runner
-  tok = Tokenizer.tiny() if cfg.tokenizer == "tiny" else Tokenizer.from_dir(cfg.tokenizer)
+  # The processor, model config and their agreement are resolved (and any mismatch raised) before data is built.
+  explicit = set(config_flags.get_override_values(F["config"]))
+  runner = Runner(cfg, workdir, None, explicit)
   if not distributed.is_primary():        # process 0 builds the synthetic data set if absent, the others wait
     distributed.barrier("data")
-  source_fn = make_source_fn(cfg.data)
+  runner.source_fn = make_source_fn(cfg.data)
   if distributed.is_primary():
     distributed.barrier("data")
-  report = Runner(cfg, workdir, source_fn, tok).run()
+  report = runner.run()
   if not distributed.is_primary():        # process 0 prints the report
     return
   print("\n==== evaluation report (held-out split) ====")

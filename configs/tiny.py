@@ -12,8 +12,15 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.workdir = "runs/tiny"
-  c.tokenizer = "tiny"                 # "tiny" (built in code) or a directory with tokenizer.json
-  c.init_from = ""                     # optional HF checkpoint directory
+  c.tokenizer = "tiny"                 # "tiny" (built in code) or an HF checkpoint directory (its processor files)
+  c.init_from = ""                     # optional HF checkpoint directory: its config, weights and processor
+  c.system_prompt = "tiny"             # "tiny", "default" (processing/chat.py SYSTEM_PROMPT) or the text itself
+  c.export_dtype = ""                  # final_hf weights: "" = the init checkpoint's dtype, else the param dtype
+  # Vision preprocessing without a checkpoint directory (a directory's preprocessor_config.json wins; values set
+  # on the command line override it). The global view: every 224x224 source frame -> 56x56 (min = max pixels);
+  # a 28x28 observation stays 28x28 under the image rule, as the rollout feeds it.
+  c.processor = dict(video_min_pixels=56 * 56, video_max_pixels=56 * 56, image_min_pixels=28 * 28,
+                     image_max_pixels=112 * 112)
   c.model = dict(
       text=dict(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
@@ -38,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
                 task=dict(crop_text_px=2.0, crop_box_frac=0.16, jitter_px=0, obs_hw=OBS_HW, code_len=(1, 1),
                           text_plate=True, plate_flashes=False, name_position=True, num_distractors=1, alphabet="0123456789",
                           question_types=("crop", "clip_crop")))
-  c.pipeline = dict(batch_size=8, num_frames=8, source_hw=(224, 224), global_hw=(56, 56), max_prompt_tokens=128,
+  c.pipeline = dict(batch_size=8, num_frames=8, source_hw=(224, 224), max_prompt_tokens=128,
                     max_seq_tokens=256, obs_hw=OBS_HW, max_observations=2, max_clip_frames=4,
                     padding_side="left", worker_count=0)
   # Static shapes of the rumination loop (videor4_jax.rumination.config.RolloutConfig).

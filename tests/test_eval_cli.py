@@ -21,13 +21,12 @@ def checkpoint(tmp_path_factory):
   """A random tiny model in HF format, with its tokenizer, as train.py exports it."""
   from videor4_jax.convert.hf import save_pretrained
   from videor4_jax.model import vlm
-  from videor4_jax.train.curriculum import build_model_config
+  from videor4_jax.convert.resolve import build_model_config, make_processor
   cfg = small_config(tmp_path_factory.mktemp("data"))
-  tok = Tokenizer.tiny()
-  config = build_model_config(cfg, tok)
+  processor = make_processor(cfg)
+  config = build_model_config(cfg, processor.tokenizer)
   d = str(tmp_path_factory.mktemp("ckpt"))
-  save_pretrained(d, config, vlm.init_params(config, jax.random.key(0)))
-  tok.save(d)
+  save_pretrained(d, config, vlm.init_params(config, jax.random.key(0)), processor=processor)
   return d, cfg
 
 

@@ -59,10 +59,10 @@ def test_reduced_run_learns_to_crop_on_the_text(tmp_path):
   cfg.log_every = 40
   tok = Tokenizer.tiny()
   source_fn = make_source_fn(cfg.data)
-  runner = Runner(cfg, str(tmp_path / "run"), source_fn, tok)
+  runner = Runner(cfg, str(tmp_path / "run"), source_fn)
   pcfg = dataclasses.replace(runner.pcfg, batch_size=16)
   task = SyntheticConfig(**cfg.data.task)
-  ev = lambda params, mode: evaluate(runner.env, params, tok, source_fn("test"), pcfg, mode=mode, progress=False)
+  ev = lambda params, mode: evaluate(runner.env, params, runner.processor, source_fn("test"), pcfg, mode=mode, progress=False)
 
   before = ev(runner._init_params(), "rumination")
   runner.run()

@@ -94,7 +94,7 @@ def grpo_run(tmp_path_factory):
   mp.setattr(grpo, "group_advantages", poisoned)
   try:
     with contextlib.redirect_stdout(out):
-      Runner(cfg, workdir, make_source_fn(cfg.data), Tokenizer.tiny()).run()
+      Runner(cfg, workdir, make_source_fn(cfg.data)).run()
   finally:
     mp.undo()
   recs = [json.loads(line) for line in open(os.path.join(workdir, "logs", "metrics.jsonl"))]

@@ -60,13 +60,13 @@ def cfg(data_dir):
 def test_interrupted_run_resumes_to_identical_metrics(cfg, tmp_path):
   tok = Tokenizer.tiny()
   source_fn = make_source_fn(cfg.data)
-  straight = Runner(cfg, str(tmp_path / "a"), source_fn, tok).run()
+  straight = Runner(cfg, str(tmp_path / "a"), source_fn).run()
   crashes = []
   for crash_at in (3, 6):        # step 3: inside drp_sft (saved at 2); step 6: inside rl_d (saved at 4)
     with pytest.raises(Crash):
-      CrashingRunner(cfg, str(tmp_path / "b"), source_fn, tok, crash_at=crash_at).run()
+      CrashingRunner(cfg, str(tmp_path / "b"), source_fn, crash_at=crash_at).run()
     crashes.append(crash_at)
-  resumed = Runner(cfg, str(tmp_path / "b"), source_fn, tok).run()
+  resumed = Runner(cfg, str(tmp_path / "b"), source_fn).run()
   want, got = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
   assert set(want) == set(got)
   assert len({s for s, _ in want}) == 7 and any("reward/total" in k for _, k in want)
@@ -81,11 +81,11 @@ def test_interrupted_run_resumes_to_identical_metrics(cfg, tmp_path):
 def _straight_crash_resume(c, tmp_path, crash_at, capsys):
   """Uninterrupted run in a/, a crash at global step `crash_at` then a resume in b/; returns (a, b, resume stdout)."""
   tok, source_fn = Tokenizer.tiny(), make_source_fn(c.data)
-  Runner(c, str(tmp_path / "a"), source_fn, tok).run()
+  Runner(c, str(tmp_path / "a"), source_fn).run()
   with pytest.raises(Crash):
-    CrashingRunner(c, str(tmp_path / "b"), source_fn, tok, crash_at=crash_at).run()
+    CrashingRunner(c, str(tmp_path / "b"), source_fn, crash_at=crash_at).run()
   capsys.readouterr()
-  Runner(c, str(tmp_path / "b"), source_fn, tok).run()
+  Runner(c, str(tmp_path / "b"), source_fn).run()
   return _metrics(tmp_path / "a"), _metrics(tmp_path / "b"), capsys.readouterr().out
 
 
@@ -112,16 +112,16 @@ def test_resume_in_a_stage_with_another_optimizer_structure(data_dir, tmp_path, 
   c.curriculum, c.checkpoint_every = "drp_sft,crp_sft", 1
   c.stages.drp_sft.freeze_vision, c.stages.crp_sft.freeze_vision = False, True
   tok, source_fn = Tokenizer.tiny(), make_source_fn(c.data)
-  Runner(c, str(tmp_path / "a"), source_fn, tok).run()
+  Runner(c, str(tmp_path / "a"), source_fn).run()
   with pytest.raises(Crash):       # saved at global steps 1 (drp_sft end) and 2 (crp_sft step 1), dies after 3
-    CrashingRunner(c, str(tmp_path / "b"), source_fn, tok, crash_at=3).run()
+    CrashingRunner(c, str(tmp_path / "b"), source_fn, crash_at=3).run()
   wrong = small_config(data_dir, drp_sft=1, crp_sft=3)
   wrong.curriculum, wrong.checkpoint_every = "drp_sft,crp_sft", 1
   wrong.stages.drp_sft.freeze_vision = wrong.stages.crp_sft.freeze_vision = False
   with pytest.raises(CheckpointMismatch, match=r"checkpoints/2 .*'crp_sft'.*freeze_vision.*new workdir"):
-    Runner(wrong, str(tmp_path / "b"), source_fn, tok).run()
+    Runner(wrong, str(tmp_path / "b"), source_fn).run()
   capsys.readouterr()
-  Runner(c, str(tmp_path / "b"), source_fn, tok).run()
+  Runner(c, str(tmp_path / "b"), source_fn).run()
   assert "resuming at stage 'crp_sft' step 1 (global step 2)" in capsys.readouterr().out
   want, got = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
   assert set(want) == set(got) and len({s for s, _ in want}) == 4
@@ -145,7 +145,7 @@ def test_runner_rejects_bad_stage_config_before_any_stage_runs(data_dir, tmp_pat
   c.curriculum = "drp_sft,rl_d"
   override(c)
   with pytest.raises(ValueError, match=match):
-    Runner(c, str(tmp_path / "w"), make_source_fn(c.data), Tokenizer.tiny())
+    Runner(c, str(tmp_path / "w"), make_source_fn(c.data))
   assert not (tmp_path / "w").exists()
 
 
@@ -155,7 +155,7 @@ def test_stage_grad_accum_reaches_the_optimizer(data_dir, tmp_path):
   c = small_config(data_dir, rl_d=4)
   c.curriculum = "drp_sft,rl_d"
   c.stages.rl_d.update(grad_accum=2)
-  r = Runner(c, str(tmp_path / "w"), make_source_fn(c.data), Tokenizer.tiny())
+  r = Runner(c, str(tmp_path / "w"), make_source_fn(c.data))
   params = {"w": jnp.ones(3)}
   assert isinstance(r._optimizer("rl_d").init(params), optax.MultiStepsState)
   assert not isinstance(r._optimizer("drp_sft").init(params), optax.MultiStepsState)
@@ -165,7 +165,7 @@ def test_stage_trajectories_pick_the_training_examples(data_dir, tmp_path):
   """SFT stages train on, and GRPO stages draw prompts from, the training examples of the stage's kind."""
   c = small_config(data_dir)
   c.stages.rl_d.trajectories, c.stages.rl_c.trajectories = "compositional", "all"
-  r = Runner(c, str(tmp_path / "w"), make_source_fn(c.data), Tokenizer.tiny())
+  r = Runner(c, str(tmp_path / "w"), make_source_fn(c.data))
   kind = lambda ex: ex["kind"].decode() if isinstance(ex["kind"], bytes) else ex["kind"]   # noqa: E731
   kinds = lambda stage: [kind(ex) for ex in (r._train_examples(stage)[i] for i in range(len(r._train_examples(stage))))]
   everything = kinds("rl_c")

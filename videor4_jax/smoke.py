@@ -22,7 +22,7 @@ def main() -> int:
   from videor4_jax.data.synthetic import SyntheticConfig, generate
   from videor4_jax.model import rope_index, vlm
   from videor4_jax.processing.tokenizer import Tokenizer
-  from videor4_jax.train.curriculum import build_model_config
+  from videor4_jax.convert.resolve import build_model_config
 
   t0 = time.time()
   c = tiny.get_config()

@@ -162,14 +162,29 @@ def _get(tree, path):
   return tree
 
 
-def from_pretrained(path: str, dtype=jnp.float32, **jax_settings):
-  """Loads an HF Qwen2.5-VL directory. Returns `(ModelConfig, {"params": ...})` with arrays of `dtype`."""
+def checkpoint_dtype(path: str) -> str | None:
+  """The dtype config.json says the weights were saved in ("torch_dtype", or "dtype" in transformers 5)."""
+  with open(os.path.join(path, "config.json")) as f:
+    d = json.load(f)
+  return d.get("dtype") or d.get("torch_dtype") or (d.get("text_config") or {}).get("dtype")
+
+
+def read_hf_config(path: str, **jax_settings) -> ModelConfig:
   cfg_file = os.path.join(path, "config.json")
   if not os.path.isfile(cfg_file):
     raise CheckpointError(f"{path}: no config.json (expected an HF Qwen2.5-VL checkpoint directory)")
   with open(cfg_file) as f:
-    config = config_from_hf_dict(json.load(f), param_dtype=jnp.dtype(dtype).name, dtype=jnp.dtype(dtype).name,
-                                 **jax_settings)
+    return config_from_hf_dict(json.load(f), **jax_settings)
+
+
+def from_pretrained(path: str, dtype=jnp.float32, **jax_settings):
+  """Loads an HF Qwen2.5-VL directory. Returns `(ModelConfig, {"params": ...})` with arrays of `dtype`."""
+  config = read_hf_config(path, param_dtype=jnp.dtype(dtype).name, dtype=jnp.dtype(dtype).name, **jax_settings)
+  return config, load_params(path, config, dtype)
+
+
+def load_params(path: str, config: ModelConfig, dtype=jnp.float32):
+  """The weights of an HF directory in the layout of `config` (shapes checked tensor by tensor)."""
   tensors = _read_tensors(path)
   expected = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))["params"]
   params: dict = {}
@@ -189,27 +204,82 @@ def from_pretrained(path: str, dtype=jnp.float32, **jax_settings):
       stacks.setdefault(fpath, []).append(x)
   for fpath, xs in stacks.items():
     _set(params, fpath, jnp.asarray(np.stack(xs), dtype))
-  return config, {"params": params}
+  return {"params": params}
 
 
-def save_pretrained(path: str, config: ModelConfig, params) -> None:
-  """Writes `config.json` + `model.safetensors` that HF transformers loads. Written to a temp name, then renamed."""
-  os.makedirs(path, exist_ok=True)
+DEFAULT_MAX_SHARD_BYTES = 4 << 30      # hub checkpoints are sharded at a few GB
+
+
+def _shard_names(sizes: list[int], max_shard_bytes: int) -> list[list[int]]:
+  groups, cur, cur_bytes = [], [], 0
+  for i, n in enumerate(sizes):
+    if cur and cur_bytes + n > max_shard_bytes:
+      groups.append(cur)
+      cur, cur_bytes = [], 0
+    cur.append(i)
+    cur_bytes += n
+  return groups + ([cur] if cur else [])
+
+
+def _write_weights(path: str, out: dict[str, np.ndarray], max_shard_bytes: int) -> None:
+  from videor4_jax.processing.processor import write_json
+  names = list(out)
+  groups = _shard_names([out[n].nbytes for n in names], max_shard_bytes)
+  if len(groups) == 1:
+    save_file(out, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    return
+  weight_map = {}
+  for k, group in enumerate(groups):
+    fname = f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"
+    save_file({names[i]: out[names[i]] for i in group}, os.path.join(path, fname), metadata={"format": "pt"})
+    weight_map.update({names[i]: fname for i in group})
+  write_json(os.path.join(path, "model.safetensors.index.json"),
+             {"metadata": {"total_size": int(sum(x.nbytes for x in out.values()))}, "weight_map": weight_map})
+
+
+def generation_config(config: ModelConfig) -> dict:
+  """Greedy by default; generation stops at <|im_end|> or <|endoftext|> (Qwen2.5-VL-Instruct's eos list)."""
+  eos = [config.eos_token_id] + ([config.pad_token_id] if config.pad_token_id != config.eos_token_id else [])
+  return dict(bos_token_id=config.bos_token_id, eos_token_id=eos, pad_token_id=config.pad_token_id,
+              do_sample=False)
+
+
+def save_pretrained(path: str, config: ModelConfig, params, *, processor=None, dtype=None,
+                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+  """Writes a complete HF Qwen2.5-VL directory: config.json, generation_config.json, weights in `dtype` (default
+  `config.param_dtype`; bf16 for the real configs) sharded with model.safetensors.index.json above
+  `max_shard_bytes`, and, given the run's `processor`, its tokenizer, chat template and preprocessor configs.
+
+  Built in `<path>.partial` and swapped in by renames, so `path` is never half written; files are mode 0644.
+  """
+  import shutil
+  from videor4_jax.processing.processor import write_json
+  dtype = jnp.dtype(dtype or config.param_dtype)
   p = params["params"] if "params" in params else params
   out = {}
   hf_shapes = {"visual.patch_embed.proj.weight": (config.vision.hidden_size, config.vision.in_channels,
                                                   config.vision.temporal_patch_size, config.vision.patch_size,
                                                   config.vision.patch_size)}
   for fpath, hf, kind, layer in mapping_table(config):
-    x = np.asarray(jax.device_get(_get(p, fpath)), np.float32)
+    x = np.asarray(jax.device_get(_get(p, fpath)))
     if layer is not None:
       x = x[layer]
-    out[hf] = _to_hf(x, kind, hf_shapes.get(hf))
-  tmp = os.path.join(path, "model.safetensors.tmp")
-  save_file(out, tmp, metadata={"format": "pt"})
-  os.replace(tmp, os.path.join(path, "model.safetensors"))
+    out[hf] = _to_hf(x, kind, hf_shapes.get(hf)).astype(dtype)
+  tmp = path.rstrip("/") + ".partial"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  _write_weights(tmp, out, max_shard_bytes)
   d = config_to_hf_dict(config)
-  d["dtype"] = "float32"
-  with open(os.path.join(path, "config.json.tmp"), "w") as f:
-    json.dump(d, f, indent=2)
-  os.replace(os.path.join(path, "config.json.tmp"), os.path.join(path, "config.json"))
+  d["dtype"] = d["torch_dtype"] = dtype.name
+  write_json(os.path.join(tmp, "config.json"), d)
+  write_json(os.path.join(tmp, "generation_config.json"), generation_config(config))
+  if processor is not None:
+    processor.save(tmp)
+  for f in os.listdir(tmp):
+    os.chmod(os.path.join(tmp, f), 0o644)
+  old = path.rstrip("/") + ".old"
+  shutil.rmtree(old, ignore_errors=True)
+  if os.path.exists(path):
+    os.replace(path, old)
+  os.replace(tmp, path)
+  shutil.rmtree(old, ignore_errors=True)

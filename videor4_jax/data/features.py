@@ -82,43 +82,40 @@ def _jitted_positions():
   return jax.jit(mrope_positions, static_argnums=0)
 
 
-def _tokenizer(spec: str):
-  """`"tiny"` or a checkpoint directory holding tokenizer.json (resolved lazily inside workers)."""
-  from videor4_jax.processing.tokenizer import Tokenizer
-  return Tokenizer.tiny() if spec == "tiny" else Tokenizer.from_dir(spec)
-
-
 QUESTION_BYTES = 256   # the question text travels with RL/eval batches (traces and reports)
 
 
 class _VideoPrompt:
-  """Shared by the RL and SFT featurizers: decode + sample + views + global-view patches, and the prompt."""
+  """Shared by the RL and SFT featurizers: decode + sample + views + global-view patches, and the prompt.
 
-  def __init__(self, cfg: PipelineConfig, tokenizer: str = "tiny", system: str | None = None):
-    self.cfg, self.tokenizer_spec, self.system = cfg, tokenizer, system
-    self._tok = None
+  The tokenizer, system prompt and video frame size all come from `processor` (processing/processor.py), the
+  same object the rollout's environment is built from.
+  """
+
+  def __init__(self, cfg: PipelineConfig, processor):
+    self.cfg, self.processor = cfg, processor
+    self.max_video_patches = processor.vision.max_video_patches(cfg.num_frames)
 
   @property
   def tok(self):
-    if self._tok is None:
-      self._tok = _tokenizer(self.tokenizer_spec)
-    return self._tok
-
-  def __getstate__(self):   # workers rebuild the tokenizer
-    return {**self.__dict__, "_tok": None}
+    return self.processor.tokenizer
 
   def video(self, row: dict, where: str):
+    """(source frames [F, H, W, 3] uint8, patches [max_video_patches, P] zero padded, grid [3]). The frame size
+    is the processor's rule for this video (HF smart_resize with its video min/max pixels)."""
     from videor4_jax.processing import preprocess_video
     from videor4_jax.processing.video import load_video
     v = load_video(row["video"], num_frames=self.cfg.num_frames, source_hw=tuple(self.cfg.source_hw),
-                   global_hw=tuple(self.cfg.global_hw), name=where)
-    pv, grid = preprocess_video(v["global_frames"], size=tuple(self.cfg.global_hw))
-    return v["source_frames"], pv, grid[0].astype(np.int32)
+                   global_hw=self.processor.vision.video_frame_hw, name=where)
+    pv, grid = preprocess_video(v["global_frames"], size=v["global_frames"].shape[1:3])
+    if pv.shape[0] > self.max_video_patches:
+      raise ValueError(f"{where}: {pv.shape[0]} video patches > static bound {self.max_video_patches}")
+    padded = np.zeros((self.max_video_patches, pv.shape[1]), np.float32)
+    padded[:pv.shape[0]] = pv
+    return v["source_frames"], padded, grid[0].astype(np.int32)
 
-  def system_prompt(self):
-    from videor4_jax.processing import chat
-    return self.system if self.system is not None else (
-        chat.TINY_SYSTEM_PROMPT if self.tokenizer_spec == "tiny" else chat.SYSTEM_PROMPT)
+  def video_tokens(self, grid) -> int:
+    return int(np.prod(grid)) // self.processor.vision.merge_size ** 2
 
 
 class RlFeaturizer(_VideoPrompt, grain.transforms.Map):
@@ -131,7 +128,8 @@ class RlFeaturizer(_VideoPrompt, grain.transforms.Map):
     qid = _text(row["qid"])
     where = f"row qid={qid!r}"
     src, pv, grid = self.video(row, where)
-    ids, types = chat.prompt_ids(self.tok, _text(row["question"]), int(grid.prod()) // 4, self.system_prompt())
+    ids, types = chat.prompt_ids(self.tok, _text(row["question"]), self.video_tokens(grid),
+                                 self.processor.system_prompt)
     input_ids, mask = pad_tokens(ids, self.cfg.max_prompt_tokens, self.tok.pad_id, self.cfg.padding_side,
                                  where=where)
     types_p, _ = pad_tokens(types, self.cfg.max_prompt_tokens, 0, self.cfg.padding_side, where=where)
@@ -146,12 +144,18 @@ class RlFeaturizer(_VideoPrompt, grain.transforms.Map):
 class SftFeaturizer(_VideoPrompt, grain.transforms.Map):
   """Row with a gold trajectory -> a teacher-forced conversation in the rollout's slot layout (train/forward.py):
   tokens, positions [3, S], valid, mm_types, loss_mask [S]; video_pixels, video_grid; obs_pixels [O, No, 1176],
-  obs_grid [O, 3]. Observations are executed with the rollout's own pixel ops (rumination/observation.py)."""
+  obs_grid [O, 3]. Observations are executed with the rollout's own pixel ops (rumination/observation.py) and
+  the rollout's own settings (`rollout`: obs size, clip limit, crop margin and minimum, clip seconds per group),
+  and positions come from the run's model config, so SFT teaches exactly the pixels and positions the rollout
+  produces."""
 
-  def __init__(self, cfg: PipelineConfig, tokenizer: str = "tiny", system: str | None = None, *,
-               crop_margin: float = 0.0, crop_min_px: int = 8):
-    super().__init__(cfg, tokenizer, system)
-    self.crop_margin, self.crop_min_px = crop_margin, crop_min_px
+  def __init__(self, cfg: PipelineConfig, processor, rollout, model_config):
+    super().__init__(cfg, processor)
+    for name in ("obs_hw", "max_clip_frames"):
+      if tuple(np.atleast_1d(getattr(cfg, name))) != tuple(np.atleast_1d(getattr(rollout, name))):
+        raise ValueError(f"pipeline.{name}={getattr(cfg, name)} != rollout.{name}={getattr(rollout, name)}: SFT "
+                         "observations must match the rollout's; set both alike")
+    self.rollout, self.model_config = rollout, model_config
 
   def map(self, row: dict) -> dict[str, np.ndarray]:
     import json
@@ -159,45 +163,45 @@ class SftFeaturizer(_VideoPrompt, grain.transforms.Map):
     from videor4_jax.processing import chat
     from videor4_jax.rumination.observation import execute_host
     from videor4_jax.rumination.pixel_ops import to_patches_host
-    from videor4_jax.model.config import ModelConfig
     qid = _text(row["qid"])
     where = f"row qid={qid!r}"
     traj = schema.from_json(json.loads(_text(row["trajectory"])), where=where, num_frames=self.cfg.num_frames)
-    cfg = self.cfg
+    cfg, rc = self.cfg, self.rollout
     if len(traj.actions) > cfg.max_observations:
       raise ValueError(f"{where}: {len(traj.actions)} actions > max_observations={cfg.max_observations}")
     src, pv, grid = self.video(row, where)
-    k2 = cfg.max_clip_frames + cfg.max_clip_frames % 2
-    gh, gw = cfg.obs_hw[0] // 14, cfg.obs_hw[1] // 14
-    obs_pixels = np.zeros((cfg.max_observations, k2 // 2 * gh * gw, 3 * 2 * 14 * 14), np.float32)
+    patch, unit = self.processor.vision.patch_size, self.processor.vision.merge_size ** 2
+    k2 = rc.max_clip_frames + rc.max_clip_frames % 2
+    gh, gw = rc.obs_hw[0] // patch, rc.obs_hw[1] // patch
+    obs_pixels = np.zeros((cfg.max_observations, k2 // 2 * gh * gw, pv.shape[1]), np.float32)
     obs_grid = np.zeros((cfg.max_observations, 3), np.int32)
     steps, images, videos, r = [], [], [grid], 0
     for st in traj.steps:
       step = {"think": st.think, "answer": st.answer}
       if st.action is not None:
-        frames, groups, err, modality = execute_host(src, st.action.to_json(), obs_hw=tuple(cfg.obs_hw),
-                                                     max_clip_frames=cfg.max_clip_frames,
-                                                     crop_margin=self.crop_margin, crop_min_px=self.crop_min_px)
+        frames, groups, err, modality = execute_host(src, st.action.to_json(), obs_hw=rc.obs_hw,
+                                                     max_clip_frames=rc.max_clip_frames,
+                                                     crop_margin=rc.crop_margin, crop_min_px=rc.crop_min_px)
         step["action"] = st.action.to_json()
-        step["observation"] = (err, groups * gh * gw // 4, modality)
+        step["observation"] = (err, groups * gh * gw // unit, modality)
         if not err:
           obs_pixels[r] = np.asarray(to_patches_host(frames))
           obs_grid[r] = (groups, gh, gw)
           (images if modality == chat.IMAGE else videos).append(obs_grid[r])
         r += 1
       steps.append(step)
-    ids, types, loss = chat.conversation_ids(self.tok, traj.question, int(grid.prod()) // 4, steps,
-                                             self.system_prompt())
+    ids, types, loss = chat.conversation_ids(self.tok, traj.question, self.video_tokens(grid), steps,
+                                             self.processor.system_prompt)
     s = cfg.max_seq_tokens
     tokens, valid = pad_tokens(ids, s, self.tok.pad_id, "right", where=where)
     types_p, _ = pad_tokens(types, s, 0, "right", where=where)
     loss_p, _ = pad_tokens(loss, s, 0, "right", where=where)
-    # Positions by the model's closed form over the whole conversation (as the rollout gives them step by step).
-    # Qwen2.5-VL's merge size and tokens_per_second (the only config fields read); clips use 1 s per group as
-    # the rollout's default clip_seconds_per_group.
-    pos, _ = _jitted_positions()(ModelConfig(), types_p[None], valid[None].astype(bool),
-                             image_grid_thw=np.array(images) if images else None, video_grid_thw=np.array(videos),
-                             second_per_grid_ts=np.ones((len(videos),), np.float32))
+    # Positions by the model's closed form over the whole conversation, as the rollout gives them step by step:
+    # the prompt's video at 1 s per frame group (the rollout's prefill), clips at rollout.clip_seconds_per_group.
+    seconds = np.array([1.0] + [rc.clip_seconds_per_group] * (len(videos) - 1), np.float32)
+    pos, _ = _jitted_positions()(self.model_config, types_p[None], valid[None].astype(bool),
+                                 image_grid_thw=np.array(images) if images else None,
+                                 video_grid_thw=np.array(videos), second_per_grid_ts=seconds)
     return dict(tokens=tokens, positions=np.asarray(pos)[:, 0], valid=valid.astype(bool), mm_types=types_p,
-                loss_mask=loss_p.astype(np.float32), video_pixels=pv.astype(np.float32), video_grid=grid,
+                loss_mask=loss_p.astype(np.float32), video_pixels=pv, video_grid=grid,
                 obs_pixels=obs_pixels, obs_grid=obs_grid)

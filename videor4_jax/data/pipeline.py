@@ -34,7 +34,7 @@ class PipelineConfig:
   batch_size:        B per process.
   num_frames:        F frames sampled per video (the source view and the global view have F frames).
   source_hw:         (H_src, W_src) of the uint8 source view that rumination crops and clips from.
-  global_hw:         per-frame size of the global view that goes into the prompt (multiple of 28).
+  (the global view's frame size is the processor's video rule, processing/processor.py, not a pipeline field)
   max_prompt_tokens: T_prompt, prompt length after padding (RL/eval rows).
   max_seq_tokens:    T, whole-conversation length after padding (SFT rows).
   obs_hw:            size of a re-encoded observation frame (crop output and clip frames alike).
@@ -48,7 +48,6 @@ class PipelineConfig:
   batch_size: int = 8
   num_frames: int = 8
   source_hw: tuple[int, int] = (224, 224)
-  global_hw: tuple[int, int] = (56, 56)
   max_prompt_tokens: int = 256
   max_seq_tokens: int = 512
   obs_hw: tuple[int, int] = (56, 56)
@@ -65,13 +64,13 @@ class PipelineConfig:
   prefetch: int = 4
 
   def __post_init__(self):
-    for f in ("source_hw", "global_hw", "obs_hw"):
+    for f in ("source_hw", "obs_hw"):
       object.__setattr__(self, f, tuple(getattr(self, f)))
     if self.batch_size < 1:
       raise ValueError(f"PipelineConfig: batch_size={self.batch_size} must be >= 1")
     if self.num_frames < 2 or self.num_frames % 2:
       raise ValueError(f"PipelineConfig: num_frames={self.num_frames} must be even (temporal patch 2)")
-    for f in ("global_hw", "obs_hw"):
+    for f in ("obs_hw",):
       if any(s % 28 for s in getattr(self, f)):
         raise ValueError(f"PipelineConfig: {f}={getattr(self, f)} sides must be multiples of 28")
     if self.padding_side not in ("left", "right"):

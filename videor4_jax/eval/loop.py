@@ -73,9 +73,13 @@ def row_actions(traj, b: int) -> list[dict]:
   return out
 
 
-def evaluate(env: RuminationEnv, params, tok, source, pcfg: pipeline.PipelineConfig, *, mode: str = "rumination",
+def evaluate(env: RuminationEnv, params, processor, source, pcfg: pipeline.PipelineConfig, *, mode: str = "rumination",
              num_examples: int | None = None, progress: bool = True, keep_batches: bool = False):
-  """Returns the results dict (module docstring) and, with `keep_batches`, the raw batches + trajectories."""
+  """Returns the results dict (module docstring) and, with `keep_batches`, the raw batches + trajectories.
+
+  `processor` (processing/processor.py) is the one the env was built with: prompts use its tokenizer, system
+  prompt and video rule."""
+  tok = processor.tokenizer
   if mode not in MODES:
     raise ValueError(f"mode={mode!r}; expected one of {MODES}")
   run_env = env if mode == "rumination" else single_pass_env(env, tok.tool_call_start_id)
@@ -84,7 +88,7 @@ def evaluate(env: RuminationEnv, params, tok, source, pcfg: pipeline.PipelineCon
   cfg = dataclasses.replace(pcfg, num_epochs=1, shuffle=False, worker_count=0)
   # Every process evaluates every question (same inputs everywhere, as jit requires of host arrays in a
   # multi-process run) and gathers the trajectories, so each holds the whole result.
-  ds = pipeline.make_dataset(_Prefix(source, n), cfg, RlFeaturizer(cfg, system=None),
+  ds = pipeline.make_dataset(_Prefix(source, n), cfg, RlFeaturizer(cfg, processor),
                              shard=grain.sharding.NoSharding())
   questions, kept = [], []
   prefix = tok.encode(SINGLE_PASS_PREFIX)

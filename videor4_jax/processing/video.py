@@ -93,12 +93,18 @@ def decode_frames(source, indices, *, name: str | None = None) -> np.ndarray:
   return np.stack([got[int(i)] for i in indices])
 
 
-def load_video(source, *, num_frames: int, source_hw: tuple[int, int], global_hw: tuple[int, int],
+def load_video(source, *, num_frames: int, source_hw: tuple[int, int], global_hw,
                name: str | None = None) -> dict:
-  """Decodes, samples `num_frames` frames uniformly in time, and makes the global and source views."""
+  """Decodes, samples `num_frames` frames uniformly in time, and makes the global and source views.
+
+  global_hw: the global view's frame size, or a function of the decoded (height, width) giving it (the
+  processor's rule, processing/processor.py).
+  """
   times = probe_timestamps(source, name=name)
   idx = sample_indices(times, num_frames=num_frames)
   frames = decode_frames(source, idx, name=name)
-  return dict(global_frames=np.stack([resize_bicubic(f, global_hw) for f in frames]),
+  if callable(global_hw):
+    global_hw = global_hw(*frames.shape[1:3])
+  return dict(global_frames=np.stack([resize_bicubic(f, tuple(global_hw)) for f in frames]),
               source_frames=np.stack([resize_bicubic(f, source_hw) for f in frames]),
               timestamps=times[idx], indices=idx)

@@ -94,9 +94,13 @@ class RuminationEnv:
     types = jnp.where(ids == self.config.video_token_id, 2, jnp.where(ids == self.config.image_token_id, 1, 0))
     x = vlm.merge_row_vision(self.embed(params, ids), (types > 0) & valid, video, vid_valid)
     pos, nxt = mrope_positions(self.config, types, valid, video_grid_thw=grid)
-    groups = self.video_groups
-    per_group = video.shape[1] // groups
-    feats = video.reshape(video.shape[0], groups, per_group, -1).mean(2)          # [B, Gv, D]
+    # Mean embedding per frame group. Videos of different frame sizes are zero padded to one patch count, so a
+    # row's groups are its first grid_h * grid_w / merge^2 tokens each, not a fixed share of the padded array.
+    per_group = grid[:, 1] * grid[:, 2] // self.config.vision.spatial_merge_size ** 2            # [B]
+    group_of = jnp.arange(video.shape[1])[None] // jnp.maximum(per_group, 1)[:, None]          # [B, Nv/4]
+    member = (group_of[..., None] == jnp.arange(self.video_groups)) & vid_valid[..., None]     # [B, Nv/4, Gv]
+    feats = jnp.einsum("bng,bnd->bgd", member.astype(video.dtype), video) / jnp.maximum(
+        member.sum(1), 1)[..., None].astype(video.dtype)                                        # [B, Gv, D]
     return dict(ids=ids * valid, embeds=x, positions=pos, valid=valid, mm_types=types * valid,
                 next_counter=nxt, video_feats=feats)
 

@@ -33,15 +33,18 @@ def crop(src_fhw3, frame, box, *, out_hw, margin: float = 0.0, min_px: int = 8):
   err = jnp.where(~((frame >= 1) & (frame <= f)), ActionError.FRAME_OUT_OF_RANGE,
                   jnp.where(~finite | (b[0] >= b[2]) | (b[1] >= b[3]) | jnp.any(b < 0) | jnp.any(b > 1),
                             ActionError.BOX_INVALID, ActionError.OK))
-  x1, y1 = jnp.clip(b[0] - margin, 0.0, 1.0), jnp.clip(b[1] - margin, 0.0, 1.0)
-  x2, y2 = jnp.clip(b[2] + margin, 0.0, 1.0), jnp.clip(b[3] + margin, 0.0, 1.0)
-  wpx, hpx = (x2 - x1) * ws, (y2 - y1) * hs
+  # The padded box snapped to whole source pixels (as a PIL crop would be): every later quantity is then an
+  # integer or one IEEE division of integers, so no compiler's fusion or FMA choice can change the pixels (with
+  # unsnapped fractional coordinates the rollout graph and the host crop differed by one level on a few pixels).
+  x1, y1 = jnp.round(jnp.clip(b[0] - margin, 0.0, 1.0) * ws), jnp.round(jnp.clip(b[1] - margin, 0.0, 1.0) * hs)
+  x2, y2 = jnp.round(jnp.clip(b[2] + margin, 0.0, 1.0) * ws), jnp.round(jnp.clip(b[3] + margin, 0.0, 1.0) * hs)
+  wpx, hpx = x2 - x1, y2 - y1
   err = jnp.where((err == 0) & ((wpx < min_px) | (hpx < min_px)), ActionError.BOX_TOO_SMALL, err)
   img = jax.lax.dynamic_index_in_dim(src_fhw3, jnp.clip(frame - 1, 0, f - 1), keepdims=False).astype(jnp.float32)
   # Output pixel centre i maps to source y1*H + (i + 0.5) * hpx / oh - 0.5 (scale_and_translate's convention).
   safe_h, safe_w = jnp.maximum(hpx, 1.0), jnp.maximum(wpx, 1.0)
   scale = jnp.stack([oh / safe_h, ow / safe_w])
-  translation = -jnp.stack([y1 * hs, x1 * ws]) * scale
+  translation = -jnp.stack([y1, x1]) * scale
   out = jax.image.scale_and_translate(img, (oh, ow, 3), (0, 1), scale, translation, method="linear",
                                       antialias=True)
   out = jnp.round(jnp.clip(out, 0.0, 255.0))   # an image again: integer levels, identical on host and in-graph

@@ -23,7 +23,7 @@ from videor4_jax.data import pipeline, schema
 from videor4_jax.data.features import RlFeaturizer, SftFeaturizer
 from videor4_jax.eval.loop import evaluate
 from videor4_jax.model import vlm
-from videor4_jax.model.config import model_config_from_dict
+from videor4_jax.convert import resolve
 from videor4_jax.parallel import distributed
 from videor4_jax.parallel.sharding import batch_sharding, make_mesh, param_shardings
 from videor4_jax.rumination.config import RolloutConfig
@@ -46,14 +46,6 @@ class Subset:
 
   def __getitem__(self, i):
     return self.source[self.indices[i]]
-
-
-def build_model_config(cfg, tok):
-  m = cfg.model.to_dict()
-  m["text"] = dict(m["text"], vocab_size=max(m["text"]["vocab_size"], tok.vocab_size))
-  return model_config_from_dict(m, image_token_id=tok.image_pad_id, video_token_id=tok.video_pad_id,
-                                vision_start_token_id=tok.vision_start_id, vision_end_token_id=tok.vision_end_id,
-                                bos_token_id=tok.pad_id, eos_token_id=tok.im_end_id, pad_token_id=tok.pad_id)
 
 
 def _check_observation_shapes(pcfg, rcfg):
@@ -98,18 +90,27 @@ class _NoWriter:
 
 
 class Runner:
-  def __init__(self, cfg, workdir: str, source_fn, tok):
-    self.cfg, self.workdir, self.tok = cfg, workdir, tok
+  """explicit: the config keys set on the command line (train.py); with `config.init_from`, an explicit model
+  value that differs from the checkpoint's config.json is an error (convert/resolve.py)."""
+
+  def __init__(self, cfg, workdir: str, source_fn, explicit=()):
+    self.cfg, self.workdir = cfg, workdir
+    # One processor (tokenizer, chat template, vision settings) and one model config for every consumer: the
+    # checkpoint directory's when there is one. Checked before any data is built or anything compiled.
+    self.processor = resolve.make_processor(cfg, None, explicit)
+    self.tok = self.processor.tokenizer
+    self.init_dir = cfg.get("init_from") or None
+    self.config = resolve.make_model_config(cfg, self.processor, self.init_dir, explicit)
     self.stages = validate_curriculum(cfg)
     # Every stage's GRPO, reward and optimizer settings are checked now, before any stage runs.
     self.gcfg, self.reward_cfgs = grpo_stage.validate(cfg, self.stages)
     for stage in self.stages:
       self._optimizer(stage)
-    self.config = build_model_config(cfg, tok)
     self.rollout_cfg = RolloutConfig(**cfg.rollout.to_dict())
     self.pcfg = pipeline.PipelineConfig(**cfg.pipeline.to_dict())
     _check_observation_shapes(self.pcfg, self.rollout_cfg)
-    self.env = make_env(self.config, self.rollout_cfg, tok, self.pcfg.num_frames)
+    resolve.check_compatible(self.config, self.processor, self.rollout_cfg)
+    self.env = make_env(self.config, self.rollout_cfg, self.tok, self.pcfg.num_frames)
     self.source_fn = source_fn
     self.writer = MetricsWriter(os.path.join(workdir, "logs")) if distributed.is_primary() else _NoWriter()
     self.ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
@@ -139,13 +140,19 @@ class Runner:
       raise ValueError(f"config.stages.{stage}: {e}") from e
 
   def _init_params(self):
-    if self.cfg.get("init_from"):
-      from videor4_jax.convert.hf import from_pretrained
-      _, params = from_pretrained(self.cfg.init_from)
+    if self.init_dir:
+      from videor4_jax.convert.hf import load_params
+      params = load_params(self.init_dir, self.config)
     else:
       params = vlm.init_params(self.config, jax.random.key(self.cfg.seed))
     # Every process made the same values (same file / key), so each can put them onto the global mesh.
     return jax.device_put(params, self.param_shardings)
+
+  def _export_dtype(self):
+    """config.export_dtype, else the dtype of the checkpoint the run started from, else the param dtype."""
+    from videor4_jax.convert.hf import checkpoint_dtype
+    return self.cfg.get("export_dtype") or (checkpoint_dtype(self.init_dir) if self.init_dir else None) or \
+        self.config.param_dtype
 
   # ---- stages ----------------------------------------------------------------------------------------------------
   def _train_examples(self, stage):
@@ -165,12 +172,12 @@ class Runner:
 
   def _sft_stream(self, stage):
     cfg = dataclasses.replace(self.pcfg, batch_size=self.cfg.stages[stage].batch_size, seed=self.cfg.seed)
-    return iter(pipeline.make_dataset(self._train_examples(stage), cfg, SftFeaturizer(cfg),
+    return iter(pipeline.make_dataset(self._train_examples(stage), cfg, SftFeaturizer(cfg, self.processor, self.rollout_cfg, self.config),
                                       **self._rows(cfg.batch_size)))
 
   def _rl_stream(self, stage):
     cfg = dataclasses.replace(self.pcfg, batch_size=self.cfg.stages[stage].batch_size, seed=self.cfg.seed + 1)
-    return iter(pipeline.make_dataset(self._train_examples(stage), cfg, RlFeaturizer(cfg),
+    return iter(pipeline.make_dataset(self._train_examples(stage), cfg, RlFeaturizer(cfg, self.processor),
                                       **self._rows(cfg.batch_size)))
 
   def _rows(self, global_batch):
@@ -254,7 +261,7 @@ class Runner:
     out = {}
     for mode in ("rumination", "single_pass"):
       with jax.set_mesh(self.mesh):
-        res = evaluate(self.env, params, self.tok, self.source_fn(self.cfg.eval.split), dataclasses.replace(
+        res = evaluate(self.env, params, self.processor, self.source_fn(self.cfg.eval.split), dataclasses.replace(
           self.pcfg, batch_size=self.cfg.eval.batch_size), mode=mode, num_examples=self.cfg.eval.num_examples)
       out[mode] = res["summary"]
       self.writer.write(self.global_step, res["summary"], prefix=f"eval_{mode}/{stage}/")
@@ -316,8 +323,7 @@ class Runner:
     from videor4_jax.convert.hf import save_pretrained
     host_params = distributed.to_host(state.params)      # collective: every process takes part
     if distributed.is_primary():
-      save_pretrained(final, self.config, host_params)
-      self.tok.save(final)
+      save_pretrained(final, self.config, host_params, processor=self.processor, dtype=self._export_dtype())
     report["final_checkpoint"] = final
     self._write_report(report)
     self.writer.close()
