@@ -52,7 +52,8 @@ def main(argv):
   # Tokenizer, chat template, vision settings and model config all from the checkpoint directory; checked against
   # each other and the rollout settings before any data is read or anything compiled.
   explicit = set(config_flags.get_override_values(flags.FLAGS["config"]))
-  cfg.model.dtype = cfg.model.param_dtype = flags.FLAGS.dtype
+  with cfg.unlocked():
+    cfg.model.dtype = cfg.model.param_dtype = flags.FLAGS.dtype
   processor = resolve.make_processor(cfg, ckpt, explicit)
   config = resolve.make_model_config(cfg, processor, ckpt, explicit)
   rollout_cfg = RolloutConfig(**cfg.rollout.to_dict())

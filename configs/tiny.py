@@ -17,9 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.system_prompt = "tiny"             # "tiny", "default" (processing/chat.py SYSTEM_PROMPT) or the text itself
   c.export_dtype = ""                  # final_hf weights: "" = the init checkpoint's dtype, else the param dtype
   # Vision preprocessing without a checkpoint directory (a directory's preprocessor_config.json wins; values set
-  # on the command line override it). The global view: every 224x224 source frame -> 56x56 (min = max pixels);
-  # a 28x28 observation stays 28x28 under the image rule, as the rollout feeds it.
-  c.processor = dict(video_min_pixels=56 * 56, video_max_pixels=56 * 56, image_min_pixels=28 * 28,
+  # on the command line override it). The global view: every 224x224 source frame -> 56x56 (max pixels); a 28x28
+  # observation (crop or clip frame) stays 28x28 under both rules, as the rollout feeds it.
+  c.processor = dict(video_min_pixels=28 * 28, video_max_pixels=56 * 56, image_min_pixels=28 * 28,
                      image_max_pixels=112 * 112)
   c.model = dict(
       text=dict(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=4,

@@ -115,9 +115,12 @@ def check_compatible(config: ModelConfig, processor: Processor, rollout_cfg=None
                     f"{model_field}={getattr(config.vision, model_field)}")
   if rollout_cfg is not None:
     obs = tuple(rollout_cfg.obs_hw)
-    if v.image_hw(*obs) != obs:
-      errors.append(f"rollout.obs_hw={obs}: the processor's image rule (min_pixels={v.image_min_pixels}, "
-                    f"max_pixels={v.image_max_pixels}, {src}) resizes such an observation to {v.image_hw(*obs)}, "
-                    "so HF inference would feed the model other pixels; choose obs_hw inside that range")
+    for kind, rule, lo, hi in (("image", v.image_hw, v.image_min_pixels, v.image_max_pixels),
+                               ("video", v.video_frame_hw, v.video_min_pixels, v.video_max_pixels)):
+      if rule(*obs) != obs:
+        errors.append(f"rollout.obs_hw={obs}: the processor's {kind} rule (min_pixels={lo}, max_pixels={hi}, "
+                      f"{src}) resizes such an observation to {rule(*obs)}, so HF inference would feed the model "
+                      f"other pixels than the rollout; choose obs_hw with h*w in [{lo}, {hi}] or set "
+                      f"--config.processor.{kind}_min_pixels / _max_pixels")
   if errors:
     raise ConfigMismatch("incompatible checkpoint / tokenizer / config:\n  " + "\n  ".join(errors))
