@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.init_from = ""                     # optional HF checkpoint directory: its config, weights and processor
   c.system_prompt = "tiny"             # "tiny", "default" (processing/chat.py SYSTEM_PROMPT) or the text itself
   c.export_dtype = ""                  # final_hf weights: "" = the init checkpoint's dtype, else the param dtype
+  c.export_max_shard_mb = 4096         # final_hf weights above this size are sharded, with an index file
   # Vision preprocessing without a checkpoint directory (a directory's preprocessor_config.json wins; values set
   # on the command line override it). The global view: every 224x224 source frame -> 56x56 (max pixels); a 28x28
   # observation (crop or clip frame) stays 28x28 under both rules, as the rollout feeds it.

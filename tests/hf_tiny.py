@@ -48,3 +48,35 @@ def make_tiny_hf_checkpoint(path, seed: int = 0, **overrides):
 def random_patches(rng: np.random.Generator, grid_thw, patch_dim: int = 3 * 2 * 14 * 14) -> np.ndarray:
   n = int(sum(t * h * w for t, h, w in grid_thw))
   return rng.normal(size=(n, patch_dim)).astype(np.float32)
+
+
+def greedy_ours(config, params, ids, pixel_values, image_grid_thw, steps: int):
+  """Our greedy decode of `steps` tokens after an image prompt [1, T]: prefill into a KV cache, then one jitted
+  token at a time with positions from the row's counter (what the rollout does)."""
+  import jax
+  import jax.numpy as jnp
+  from videor4_jax.model import rope_index, vlm
+  t = ids.shape[1]
+  types = (ids == config.image_token_id).astype(np.int32)
+  cache = vlm.init_cache(config, 1, t + steps)
+  x = vlm.merge_vision(jnp.asarray(ids), vlm.embed_tokens(config, params, jnp.asarray(ids)),
+                       vlm.encode_vision(config, params, pixel_values, image_grid_thw),
+                       image_token_id=config.image_token_id, video_token_id=config.video_token_id)
+  pos, counter = rope_index.mrope_positions(config, types, None, image_grid_thw=image_grid_thw)
+  h, cache = vlm.decode(config, params, x, pos, jnp.ones((1, t), bool), cache, jnp.zeros((1,), jnp.int32))
+  tok = jnp.argmax(vlm.logits(config, params, h[:, -1]), -1)
+
+  @jax.jit
+  def step(cache, tok, counter, write):
+    e = vlm.embed_tokens(config, params, tok[:, None])
+    h, cache = vlm.decode(config, params, e, jnp.broadcast_to(counter[None, :, None], (3, 1, 1)),
+                          jnp.ones((1, 1), bool), cache, write)
+    return cache, jnp.argmax(vlm.logits(config, params, h[:, 0]), -1)
+
+  out = [int(tok[0])]
+  write = jnp.full((1,), t, jnp.int32)
+  for _ in range(steps - 1):
+    cache, tok = step(cache, tok, counter, write)
+    counter, write = counter + 1, write + 1
+    out.append(int(tok[0]))
+  return np.array(out)

@@ -10,7 +10,7 @@ import torch
 import jax
 import jax.numpy as jnp
 import videor4_jax
-from hf_tiny import make_tiny_hf_checkpoint, random_patches
+from hf_tiny import greedy_ours, make_tiny_hf_checkpoint, random_patches
 from videor4_jax.convert.hf import CheckpointError
 from videor4_jax.model import rope_index, vlm
 from videor4_jax.model.config import model_config_from_dict
@@ -44,28 +44,8 @@ def test_greedy_generation_with_cache_equals_hf_generate(ckpt):
     ref = hf.generate(input_ids=torch.tensor(ids), pixel_values=torch.tensor(pv), image_grid_thw=torch.tensor(grid),
                       mm_token_type_ids=torch.tensor((ids == IMG).astype(np.int64)), max_new_tokens=steps,
                       do_sample=False)[0, ids.shape[1]:].numpy()
-  # Ours: prefill into a cache, then one token at a time (jitted step), positions from the row's counter.
-  t = ids.shape[1]
-  cache = vlm.init_cache(config, 1, t + steps)
-  x = vlm.merge_vision(jnp.asarray(ids), vlm.embed_tokens(config, params, jnp.asarray(ids)),
-                       vlm.encode_vision(config, params, pv, grid), image_token_id=IMG, video_token_id=991)
-  pos, counter = rope_index.mrope_positions(config, (ids == IMG).astype(np.int32), None, image_grid_thw=grid)
-  h, cache = vlm.decode(config, params, x, pos, jnp.ones((1, t), bool), cache, jnp.zeros((1,), jnp.int32))
-  tok = jnp.argmax(vlm.logits(config, params, h[:, -1]), -1)
-
-  @jax.jit
-  def step(cache, tok, counter, write):
-    e = vlm.embed_tokens(config, params, tok[:, None])
-    h, cache = vlm.decode(config, params, e, jnp.broadcast_to(counter[None, :, None], (3, 1, 1)),
-                          jnp.ones((1, 1), bool), cache, write)
-    return cache, jnp.argmax(vlm.logits(config, params, h[:, 0]), -1)
-
-  out = [int(tok[0])]
-  write = jnp.full((1,), t, jnp.int32)
-  for _ in range(steps - 1):
-    cache, tok = step(cache, tok, counter, write)
-    counter, write = counter + 1, write + 1
-    out.append(int(tok[0]))
+  assert (config.image_token_id, config.video_token_id) == (IMG, 991)
+  out = greedy_ours(config, params, ids, pv, grid, steps)
   np.testing.assert_array_equal(np.array(out), ref)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from qwen_real import ADDED, FIRST_ADDED_ID, make_tokenizer_dir
+from qwen_real import ADDED, FIRST_ADDED_ID
 from test_processing_image import _hf_video_patchify
 from videor4_jax.data import pipeline
 from videor4_jax.data.features import RlFeaturizer, SftFeaturizer
@@ -28,8 +28,8 @@ QUESTION = "What is written on the red sign?"
 
 
 @pytest.fixture(scope="module")
-def qwen_dir(tmp_path_factory):
-  return make_tokenizer_dir(str(tmp_path_factory.mktemp("qwen7b_processor")))
+def qwen_dir(qwen_tokenizer_dir):
+  return qwen_tokenizer_dir
 
 
 @pytest.fixture(scope="module")

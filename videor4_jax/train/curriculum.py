@@ -323,7 +323,8 @@ class Runner:
     from videor4_jax.convert.hf import save_pretrained
     host_params = distributed.to_host(state.params)      # collective: every process takes part
     if distributed.is_primary():
-      save_pretrained(final, self.config, host_params, processor=self.processor, dtype=self._export_dtype())
+      save_pretrained(final, self.config, host_params, processor=self.processor, dtype=self._export_dtype(),
+                      max_shard_bytes=int(self.cfg.get("export_max_shard_mb", 4096)) << 20)
     report["final_checkpoint"] = final
     self._write_report(report)
     self.writer.close()
