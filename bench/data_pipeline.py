@@ -68,6 +68,9 @@ def main(_):
     result["read_rows"] = {"examples_per_s": round(len(src) / (time.perf_counter() - t0), 1)}
 
     pcfg = pipeline.PipelineConfig(batch_size=bs, max_answers=2, max_answer_bytes=32)
+    from configs import tiny
+    from videor4_jax.convert.resolve import make_processor
+    processor = make_processor(tiny.get_config())      # the default run's tokenizer and video rule
     kind = _FEATURIZER.value
     make_rl = getattr(features, "RlFeaturizer", None)
     if kind == "rl" and make_rl is None:
@@ -77,7 +80,7 @@ def main(_):
     result["featurizer"] = kind
     for workers in (0, _WORKERS.value):
       c = pipeline.PipelineConfig(**{**pcfg.__dict__, "worker_count": workers})
-      feat = make_rl(c) if kind == "rl" else features.AnswersFeaturizer(c)
+      feat = make_rl(c, processor) if kind == "rl" else features.AnswersFeaturizer(c)
       result[f"pipeline_workers{workers}"] = _time_batches(pipeline.make_dataset(src, c, feat), n_batches, bs)
   out = _OUT.value or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "data_pipeline.json")
   os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -40,10 +40,9 @@ cfg.log_every = 25
 print(cfg.stages)"""),
 md("## Train (SFT then GRPO) and evaluate after each stage"),
 code("""from videor4_jax.data.sources import make_source_fn
-from videor4_jax.processing.tokenizer import Tokenizer
 from videor4_jax.train.curriculum import Runner
-tok = Tokenizer.tiny()
-runner = Runner(cfg, WORKDIR, make_source_fn(cfg.data), tok)
+runner = Runner(cfg, WORKDIR, make_source_fn(cfg.data))
+tok = runner.processor.tokenizer            # the one processor every part of the run uses
 report = runner.run()
 for stage, r in report["stages"].items():
   print(stage, {m: round(r[m]["accuracy"], 3) for m in r})
@@ -57,7 +56,7 @@ from videor4_jax.eval.trace_records import trace_records
 from videor4_jax.convert.hf import from_pretrained
 config, params = from_pretrained(report["final_checkpoint"])
 pcfg = dataclasses.replace(runner.pcfg, batch_size=4)
-results, kept = evaluate(runner.env, params, tok, make_source_fn(cfg.data)("test"), pcfg, num_examples=4,
+results, kept = evaluate(runner.env, params, runner.processor, make_source_fn(cfg.data)("test"), pcfg, num_examples=4,
                          keep_batches=True)
 page = write_trace_report(os.path.join(WORKDIR, "trace"), trace_records(kept, results["questions"], tok, runner.env, 2))
 q = results["questions"][0]

@@ -38,9 +38,9 @@ def _config(data_dir, ckpt, **overrides):
   cfg = small_config(data_dir)
   cfg.init_from = ckpt
   for k, v in {**PROCESSOR_FLAGS, **overrides}.items():
-    section, key = k.rsplit(".", 1)
+    *path, key = k.split(".")
     node = cfg
-    for part in section.split("."):
+    for part in path:
       node = node[part]
     node[key] = v
   return cfg, set(PROCESSOR_FLAGS) | set(overrides)
@@ -62,7 +62,7 @@ def test_train_eval_export_on_a_real_format_checkpoint(real_ckpt, tmp_path):
   # The SFT batches are the directory's token ids: its video token, and ids far beyond the tiny vocabulary.
   sft = next(runner._sft_stream("drp_sft"))
   tokens = sft["tokens"][sft["valid"]]
-  assert (tokens == VIDEO_PAD).sum() == 2 * 64 and tokens.max() > 150000
+  assert (tokens == VIDEO_PAD).sum() == 2 * 16 and tokens.max() > 150000
   assert "<|im_start|>assistant\n<think>" in runner.tok.decode(sft["tokens"][0][sft["valid"][0]])
   report = runner.run()                                                       # 2 steps of each of the 4 stages
   assert list(report["stages"]) == ["drp_sft", "rl_d", "crp_sft", "rl_c"]
@@ -70,7 +70,7 @@ def test_train_eval_export_on_a_real_format_checkpoint(real_ckpt, tmp_path):
   params = jax.device_put(runner._init_params(), runner.param_shardings)
   res, kept = evaluate(runner.env, params, runner.processor, runner.source_fn("test"), runner.pcfg, num_examples=2,
                        progress=False, keep_batches=True)
-  assert (kept[0][0]["input_ids"] == VIDEO_PAD).sum() == kept[0][0]["input_ids"].shape[0] * 64
+  assert (kept[0][0]["input_ids"] == VIDEO_PAD).sum() == kept[0][0]["input_ids"].shape[0] * 16
   # The export: a complete HF directory in the checkpoint's dtype, sharded above the threshold, mode 0644.
   final = report["final_checkpoint"]
   files = set(os.listdir(final))
