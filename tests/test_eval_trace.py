@@ -57,3 +57,23 @@ def test_trace_page_renders_in_headless_chromium(tmp_path):
   dark = (shot.max(-1) < 70).sum()
   assert near_box > 200, near_box                                   # the drawn crop box and clip outlines
   assert dark > 50_000, dark                                        # the embedded frames (values < 60)
+
+
+def test_trace_records_pair_rows_with_questions_by_qid():
+  """A batch row whose record failed to load is absent from `questions`; every later trace still shows its own
+  question's frames (pairing by position would shift them by one)."""
+  import types
+  from videor4_jax.data.features import encode_strings
+  from videor4_jax.eval.trace_records import trace_records
+  rng = np.random.default_rng(0)
+  src = rng.integers(0, 255, size=(3, 2, 28, 28, 3), dtype=np.uint8)
+  qids, _ = encode_strings(["bad", "q1", "q2"], 3, 16)
+  batch = {"source_frames": src, "qid": qids, "row_ok": np.array([False, True, True])}
+  questions = [{"qid": q, "question": f"question {q}", "golds": ["1"], "prediction": "1", "accuracy": 1.0,
+                "actions": [], "text": "<think></think><answer>1</answer>"} for q in ("q1", "q2")]
+  env = types.SimpleNamespace(rollout=types.SimpleNamespace(obs_hw=(28, 28), max_clip_frames=2, crop_margin=0.0,
+                                                            crop_min_px=8))
+  recs = trace_records([(batch, None, 3)], questions, None, env, limit=8)
+  assert [r["qid"] for r in recs] == ["q1", "q2"]
+  np.testing.assert_array_equal(recs[0]["source_frames"], src[1])
+  np.testing.assert_array_equal(recs[1]["source_frames"], src[2])

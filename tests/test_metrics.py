@@ -1,7 +1,7 @@
 """Metrics on hand-computed cases and edge cases."""
 import pytest
 
-from videor4_jax.eval.metrics import accuracy, anls, exact_match, extract_option, f1, multiple_choice_accuracy
+from videor4_jax.metrics import accuracy, anls, exact_match, extract_option, f1, multiple_choice_accuracy
 
 
 @pytest.mark.parametrize("pred,golds,want", [

@@ -3,12 +3,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from videor4_jax.processing import chat
 from videor4_jax.rl import rewards
 
 
 def test_accuracy_and_format():
   final = "<think>the sign says 42</think> <answer>42</answer><|im_end|>"
-  assert rewards.extract_answer(final) == "42"
+  assert chat.extract_answer(final) == "42"
   assert rewards.accuracy_reward("42", ["42"]) == 1.0
   assert rewards.accuracy_reward("421", ["42"], "anls") == pytest.approx(2 / 3)
   assert rewards.accuracy_reward("421", ["42"], "exact_match") == 0.0

@@ -303,3 +303,29 @@ def test_narrow_observation_prefill_equals_reference_loop():
   wide = (kind == grammar.KIND_CLIP) & (n > 2)
   print(f"calls: {called.sum()}, wide: {wide.sum()}, narrow: {(~wide).sum()}")
   assert (~wide).any() and wide.any()
+
+
+def test_rollout_reuses_its_compiled_function(monkeypatch):
+  """`rollout()` builds (and so compiles) one jitted function per env and settings, not one per call."""
+  import gc
+  import videor4_jax.rumination.rollout as ro
+  built = []
+
+  def fake_make(env, **kw):
+    built.append(kw)
+    return lambda params, prompts, key: ("ran", kw["num_generations"])
+
+  monkeypatch.setattr(ro, "make_rollout_fn", fake_make)
+
+  class Env:
+    pass
+
+  env = Env()
+  for _ in range(3):
+    assert ro.rollout(env, None, None, None, num_generations=2) == ("ran", 2)
+  ro.rollout(env, None, None, None, num_generations=4)
+  assert [b["num_generations"] for b in built] == [2, 4]
+  n = len(ro._ROLLOUT_FNS)
+  del env
+  gc.collect()
+  assert len(ro._ROLLOUT_FNS) == n - 2            # entries go with their env

@@ -22,10 +22,10 @@ import tqdm
 
 from videor4_jax.data import pipeline
 from videor4_jax.data.features import RlFeaturizer, decode_strings
-from videor4_jax.eval import metrics
+from videor4_jax import metrics
 from videor4_jax.parallel import distributed
+from videor4_jax.processing.chat import extract_answer
 from videor4_jax.processing.grammar import ERROR_MESSAGES, ActionError
-from videor4_jax.rl.rewards import extract_answer
 from videor4_jax.rumination.env import RuminationEnv
 from videor4_jax.rumination.rollout import make_rollout_fn
 

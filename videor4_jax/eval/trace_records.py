@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from videor4_jax.data.features import decode_strings
 from videor4_jax.rumination.observation import execute_host
 
 
@@ -12,14 +13,18 @@ def _steps_text(text: str) -> list[str]:
 
 
 def trace_records(kept, questions, tok, env, limit: int) -> list[dict]:
-  recs, q = [], 0
+  """One record per evaluated question, in evaluation order, paired with its batch row by qid: `evaluate` leaves
+  out rows whose record failed to load, so positions in `questions` and in the batches differ after one."""
+  by_qid = {q["qid"]: q for q in questions}
+  recs = []
   rc = env.rollout
   for batch, traj, n in kept:
     for i in range(n):
       if len(recs) >= limit:
         return recs
-      qd = questions[q]
-      q += 1
+      if "row_ok" in batch and not batch["row_ok"][i]:
+        continue
+      qd = by_qid[decode_strings(batch["qid"][i])[0]]
       src = np.asarray(batch["source_frames"][i])
       texts = _steps_text(qd["text"])
       steps = []

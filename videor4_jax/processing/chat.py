@@ -12,6 +12,8 @@ Every function returns `(ids, mm_types[, loss_mask])` as lists; mm_types is 0 te
 """
 from __future__ import annotations
 
+import re
+
 from videor4_jax.processing import grammar
 from videor4_jax.processing.grammar import ActionError
 
@@ -143,3 +145,12 @@ def conversation_ids(tok, question: str, video_tokens: int, steps: list[dict], s
     if s.get("action") is not None:
       segments.append((observation_text(*s["observation"]), 0))
   return encode_segments(tok, segments)
+
+
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+def extract_answer(final_segment: str) -> str:
+  """The text inside the last `<answer>...</answer>` of an assistant step ('' if none)."""
+  found = _ANSWER.findall(final_segment)
+  return found[-1].strip() if found else ""

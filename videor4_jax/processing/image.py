@@ -7,7 +7,10 @@ import math
 import numpy as np
 from PIL import Image
 
-from videor4_jax.rumination.pixel_ops import MEAN, STD
+# CLIP normalization (HF Qwen2-VL processor). numpy, not jnp: a jnp constant made at import would start the XLA
+# backend, and `jax.distributed.initialize` (multi-process runs) must come before that.
+MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 
 PATCH, TEMPORAL, MERGE = 14, 2, 2
 FACTOR = PATCH * MERGE

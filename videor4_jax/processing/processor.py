@@ -19,9 +19,8 @@ import os
 import numpy as np
 
 from videor4_jax.processing import chat
-from videor4_jax.processing.image import smart_resize
+from videor4_jax.processing.image import MEAN, STD, smart_resize
 from videor4_jax.processing.tokenizer import Tokenizer
-from videor4_jax.rumination.pixel_ops import MEAN, STD
 
 # HF class defaults (transformers Qwen2VLImageProcessor / Qwen2VLVideoProcessor), used where a directory's
 # preprocessor config leaves a field out, as transformers does.

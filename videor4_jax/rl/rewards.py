@@ -20,7 +20,8 @@ import re
 import jax.numpy as jnp
 import numpy as np
 
-from videor4_jax.eval import metrics
+from videor4_jax import metrics
+from videor4_jax.processing.chat import extract_answer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,13 +42,6 @@ class RewardConfig:
 
 
 _FINAL = re.compile(r"<think>.*?</think>\s*<answer>(.*?)</answer>\s*(<\|im_end\|>)?\s*$", re.DOTALL)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-
-
-def extract_answer(final_segment: str) -> str:
-  """The text inside the last `<answer>...</answer>` ('' if none)."""
-  found = _ANSWER.findall(final_segment)
-  return found[-1].strip() if found else ""
 
 
 def accuracy_reward(prediction: str, golds: list[str], kind: str = "anls") -> float:

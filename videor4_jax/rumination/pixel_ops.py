@@ -12,10 +12,7 @@ import numpy as np
 
 from videor4_jax.processing.grammar import ActionError
 
-# CLIP normalization (HF Qwen2-VL processor). numpy, not jnp: a jnp constant made at import would start the XLA
-# backend, and `jax.distributed.initialize` (multi-process runs) must come before that.
-MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
-STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+from videor4_jax.processing.image import MEAN, STD   # the one home of the CLIP normalization constants
 
 
 def crop(src_fhw3, frame, box, *, out_hw, margin: float = 0.0, min_px: int = 8):

@@ -13,6 +13,7 @@ does not change when the other rows of the batch change.
 from __future__ import annotations
 
 import functools
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -51,9 +52,20 @@ def may_need_wide_observation(kind, num_frames):
 
 def rollout(env: env_lib.RuminationEnv, params, prompts: dict, key: jax.Array, *, num_generations: int = 1,
             greedy: bool = False, temperature: float | None = None, top_p: float | None = None) -> Trajectory:
-  """Ruminates on a batch of prompts. See `make_rollout_fn` for the jitted form and the prompt fields."""
-  return make_rollout_fn(env, num_generations=num_generations, greedy=greedy, temperature=temperature,
-                         top_p=top_p)(params, prompts, key)
+  """Ruminates on a batch of prompts. See `make_rollout_fn` for the jitted form and the prompt fields.
+
+  The jitted function is kept per (env, settings) while the env lives, so a loop of calls compiles once.
+  """
+  settings = (num_generations, greedy, temperature, top_p)
+  entry = _ROLLOUT_FNS.get((id(env), settings))
+  if entry is None or entry[0]() is not env:
+    fn = make_rollout_fn(env, num_generations=num_generations, greedy=greedy, temperature=temperature, top_p=top_p)
+    entry = _ROLLOUT_FNS[(id(env), settings)] = (weakref.ref(env), fn)
+    weakref.finalize(env, _ROLLOUT_FNS.pop, (id(env), settings), None)
+  return entry[1](params, prompts, key)
+
+
+_ROLLOUT_FNS: dict = {}    # (id(env), settings) -> (weakref to env, jitted rollout)
 
 
 def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, greedy: bool = False,
