@@ -91,8 +91,12 @@ def test_from_messages_pixel_reasoner_style(tmp_path):
 
 def test_from_messages_errors():
   bad = json.loads(json.dumps(PR_RECORD))
-  bad["messages"][2]["content"] = "<tool_call>{\"name\": \"zoom_in\", \"arguments\": {}}</tool_call>"
+  bad["messages"][2]["content"] = "<tool_call>{\"name\": \"rotate\", \"arguments\": {}}</tool_call>"
   with pytest.raises(schema.SchemaError, match=r"x.jsonl:3.*messages\[2\].tool_call.name"):
+    schema.from_messages(bad, where="x.jsonl:3")
+  # zoom_in is a crop in the grammar's one alias table (so here too): the error is its missing box, not its name.
+  bad["messages"][2]["content"] = "<tool_call>{\"name\": \"zoom_in\", \"arguments\": {}}</tool_call>"
+  with pytest.raises(schema.SchemaError, match=r"messages\[2\].tool_call.frame"):
     schema.from_messages(bad, where="x.jsonl:3")
   bad = json.loads(json.dumps(PR_RECORD))
   bad["messages"][4]["content"] = "<tool_call>{\"name\": \"crop\", \"arguments\": {\"frame\": 1, \"bbox_2d\": [0.5, 0, 0.2, 1]}}</tool_call>"

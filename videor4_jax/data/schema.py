@@ -34,6 +34,8 @@ import os
 import re
 from typing import Any, Iterator, Mapping, Sequence
 
+from videor4_jax.processing.grammar import TOOL_ALIASES   # the one tool-name table
+
 KINDS = ("deliberate", "compositional", "rl")
 ACTION_NAMES = ("crop", "clip")
 
@@ -233,10 +235,10 @@ def write_jsonl(path: str, records: Sequence[Trajectory]) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Pixel-Reasoner-style message lists.
 
-# Tool names and argument names of foreign datasets -> this schema. Pixel-Reasoner's video op is select_frames
-# (target_frames, 1-based) and its zoom is crop_image_normalized (bbox_2d normalized, target_image 1-based).
-_FOREIGN_NAMES = {"crop": "crop", "crop_image_normalized": "crop", "crop_image": "crop",
-                  "clip": "clip", "select_frames": "clip"}
+# Tool names of foreign datasets -> this schema: the grammar's one alias table. Pixel-Reasoner's video op is
+# select_frames (target_frames, 1-based) and its zoom is crop_image_normalized (bbox_2d normalized, target_image
+# 1-based).
+_FOREIGN_NAMES = TOOL_ALIASES
 _TAG_RE = {t: re.compile(rf"<{t}>(.*?)</{t}>", re.S) for t in ("think", "answer", "tool_call")}
 _BOXED_RE = re.compile(r"\\boxed\{(.*?)\}", re.S)
 

@@ -25,7 +25,7 @@ from videor4_jax.data.features import RlFeaturizer, decode_strings
 from videor4_jax import metrics
 from videor4_jax.parallel import distributed
 from videor4_jax.processing.chat import extract_answer
-from videor4_jax.processing.grammar import ERROR_MESSAGES, ActionError
+from videor4_jax.processing.grammar import ERROR_MESSAGES, TOOL_NAMES, ActionError, ToolKind
 from videor4_jax.rumination.env import RuminationEnv
 from videor4_jax.rumination.rollout import make_rollout_fn
 
@@ -63,11 +63,10 @@ def row_actions(traj, b: int) -> list[dict]:
     if not bool(a.called[b, r]):
       continue
     kind, err = int(a.kind[b, r]), int(a.error[b, r])
-    rec = {"name": {1: "crop", 2: "clip"}.get(kind, "malformed"), "error": ERROR_MESSAGES[ActionError(err)] if err
-           else None}
-    if kind == 1:
+    rec = {"name": TOOL_NAMES.get(kind, "malformed"), "error": ERROR_MESSAGES[ActionError(err)] if err else None}
+    if kind == ToolKind.CROP:
       rec.update(frame=int(a.frame[b, r]), bbox_2d=[round(float(x), 2) for x in a.box[b, r]])
-    elif kind == 2:
+    elif kind == ToolKind.CLIP:
       rec.update(frames=[int(f) for f in a.frames[b, r][:int(a.num_frames[b, r])]])
     out.append(rec)
   return out

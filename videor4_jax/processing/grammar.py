@@ -31,7 +31,19 @@ CLOSE = "]}}"
 LITERAL_PIECES = (OPEN, CROP_HEAD, BBOX_OPEN, CLIP_HEAD, SEP, CLOSE)
 DIGITS = "0123456789"
 
-KIND_NONE, KIND_CROP, KIND_CLIP = 0, 1, 2
+class ToolKind(enum.IntEnum):
+  """What a step did: nothing (answered / no call), a crop, a clip. Ints so they live in jnp arrays."""
+  NONE = 0
+  CROP = 1
+  CLIP = 2
+
+
+KIND_NONE, KIND_CROP, KIND_CLIP = ToolKind.NONE, ToolKind.CROP, ToolKind.CLIP
+TOOL_NAMES = {ToolKind.CROP: "crop", ToolKind.CLIP: "clip"}
+# Every tool name this project reads -> its own name: Pixel-Reasoner's crop_image(_normalized) / select_frames and
+# zoom_in. The one table for host parsing of model text and for foreign datasets (data/schema.py).
+TOOL_ALIASES = {"crop": "crop", "crop_image": "crop", "crop_image_normalized": "crop", "zoom_in": "crop",
+                "clip": "clip", "select_frames": "clip"}
 FREE, START = 0, 1           # automaton states: outside a call; right after <tool_call>
 REG_FRAME, REG_BOX = 0, 1    # registers: frame, box x1 y1 x2 y2 (hundredths), then clip frames
 
@@ -314,8 +326,6 @@ def validate(kind, frame, box, frames, n_frames, *, complete, num_frames: int, m
 
 # ---------------------------------------------------------------------------------------------- host
 _CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
-_ALIASES = {"crop": "crop", "crop_image": "crop", "crop_image_normalized": "crop", "zoom_in": "crop",
-            "clip": "clip", "select_frames": "clip"}
 
 
 def parse_action_text(text: str, *, num_frames: int, max_frames: int) -> tuple[dict | None, ActionError]:
@@ -333,7 +343,7 @@ def parse_action_text(text: str, *, num_frames: int, max_frames: int) -> tuple[d
       raise TypeError("arguments must be an object")
   except (ValueError, KeyError, TypeError):
     return None, ActionError.MALFORMED
-  tool = _ALIASES.get(name)
+  tool = TOOL_ALIASES.get(name)
   if tool is None:
     return {"name": name}, ActionError.UNKNOWN_TOOL
   try:
