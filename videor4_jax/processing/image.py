@@ -14,8 +14,8 @@ STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 
 PATCH, TEMPORAL, MERGE = 14, 2, 2
 FACTOR = PATCH * MERGE
-IMAGE_MIN_PIXELS, IMAGE_MAX_PIXELS = 56 * 56, 14 * 14 * 4 * 1280      # HF defaults
-VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS = 128 * 28 * 28, 768 * 28 * 28     # qwen-vl-utils defaults
+IMAGE_MIN_PIXELS, IMAGE_MAX_PIXELS = 56 * 56, 28 * 28 * 1280         # HF Qwen2VLImageProcessor defaults
+VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS = 128 * 28 * 28, 768 * 28 * 28     # HF Qwen2VLVideoProcessor (= qwen-vl-utils)
 
 
 def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int = IMAGE_MIN_PIXELS,

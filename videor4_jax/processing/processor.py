@@ -19,13 +19,14 @@ import os
 import numpy as np
 
 from videor4_jax.processing import chat
-from videor4_jax.processing.image import MEAN, STD, smart_resize
+from videor4_jax.processing.image import (IMAGE_MAX_PIXELS, IMAGE_MIN_PIXELS, MEAN, STD, VIDEO_MAX_PIXELS,
+                                          VIDEO_MIN_PIXELS, smart_resize)
 from videor4_jax.processing.tokenizer import Tokenizer
 
 # HF class defaults (transformers Qwen2VLImageProcessor / Qwen2VLVideoProcessor), used where a directory's
 # preprocessor config leaves a field out, as transformers does.
-HF_IMAGE_MIN_PIXELS, HF_IMAGE_MAX_PIXELS = 56 * 56, 28 * 28 * 1280
-HF_VIDEO_MIN_PIXELS, HF_VIDEO_MAX_PIXELS = 128 * 28 * 28, 28 * 28 * 768
+HF_IMAGE_MIN_PIXELS, HF_IMAGE_MAX_PIXELS = IMAGE_MIN_PIXELS, IMAGE_MAX_PIXELS
+HF_VIDEO_MIN_PIXELS, HF_VIDEO_MAX_PIXELS = VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS
 
 
 class ProcessorError(ValueError):

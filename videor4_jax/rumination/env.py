@@ -124,7 +124,8 @@ class RuminationEnv:
                                    jnp.zeros((crop_px.shape[0], k2 - 2, *crop_px.shape[1:]))], axis=1)
     pixels = jnp.where(crop_ok[:, None, None, None, None], crop_frames,
                        jnp.where(clip_ok[:, None, None, None, None], clip_px, 0.0))
-    gh, gw = rc.obs_hw[0] // 14, rc.obs_hw[1] // 14
+    patch = self.config.vision.patch_size
+    gh, gw = rc.obs_hw[0] // patch, rc.obs_hw[1] // patch
     t = jnp.where(crop_ok, 1, jnp.where(clip_ok, clip_groups, 0))
     grid = jnp.stack([t, jnp.full_like(t, gh), jnp.full_like(t, gw)], -1).astype(jnp.int32)
     return pixels, grid, error.astype(jnp.int32), crop_ok, clip_ok
