@@ -131,7 +131,8 @@ TINY_REAL = dict(
 
 
 def make_real_format_checkpoint(path: str, tokenizer_dir: str, *, tied: bool = True, seed: int = 0,
-                                video_preprocessor: dict | None = None, preprocessor: dict | None = None) -> str:
+                                video_preprocessor: dict | None = None, preprocessor: dict | None = None,
+                                config_overrides: dict | None = None) -> str:
   """HF-saved like the hub ships it: bf16, sharded with model.safetensors.index.json, generation_config.json,
   tokenizer and processor files."""
   import copy
@@ -140,8 +141,10 @@ def make_real_format_checkpoint(path: str, tokenizer_dir: str, *, tied: bool = T
   from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
   cfg = copy.deepcopy(TINY_REAL)
   cfg["tie_word_embeddings"] = tied
+  cfg.update(config_overrides or {})
   torch.manual_seed(seed)
   model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**cfg)).eval()
-  model.to(torch.bfloat16).save_pretrained(path, max_shard_size="8MB")
+  model.to(torch.bfloat16).save_pretrained(path, max_shard_size="8MB" if cfg["text_config"]["hidden_size"] <= 64
+                                           else "100MB")
   copy_tokenizer_dir(tokenizer_dir, path, preprocessor=preprocessor, video_preprocessor=video_preprocessor)
   return path

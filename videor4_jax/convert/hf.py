@@ -4,13 +4,15 @@ Only `config.json` (JSON) and `*.safetensors` (numpy API) are read: loading neve
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from videor4_jax.model.config import ModelConfig, TextConfig, VisionConfig
 from videor4_jax.model.vlm import init_params
@@ -135,19 +137,20 @@ class CheckpointError(ValueError):
   pass
 
 
-def _read_tensors(path: str) -> dict[str, np.ndarray]:
+def _tensor_files(path: str) -> dict[str, str]:
+  """HF tensor name -> the safetensors file that holds it (through the index when there is one)."""
   index = os.path.join(path, "model.safetensors.index.json")
   if os.path.exists(index):
     with open(index) as f:
-      files = sorted(set(json.load(f)["weight_map"].values()))
-  else:
-    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+      return dict(json.load(f)["weight_map"])
+  files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
   if not files:
     raise CheckpointError(f"{path}: no *.safetensors files (and no model.safetensors.index.json)")
-  tensors = {}
+  out = {}
   for name in files:
-    tensors.update(load_file(os.path.join(path, name)))
-  return tensors
+    with safe_open(os.path.join(path, name), "np") as f:
+      out.update({k: name for k in f.keys()})
+  return out
 
 
 def _set(tree: dict, path: tuple, value):
@@ -183,28 +186,80 @@ def from_pretrained(path: str, dtype=jnp.float32, **jax_settings):
   return config, load_params(path, config, dtype)
 
 
-def load_params(path: str, config: ModelConfig, dtype=jnp.float32):
-  """The weights of an HF directory in the layout of `config` (shapes checked tensor by tensor)."""
-  tensors = _read_tensors(path)
+def _flax_shape(hf_shape, kind: str) -> tuple:
+  if kind == "linear":
+    return tuple(hf_shape[::-1])
+  if kind == "conv":
+    return (int(np.prod(hf_shape[1:])), hf_shape[0])
+  return tuple(hf_shape)
+
+
+def _read_region(handle, hf: str, kind: str, index: tuple) -> np.ndarray:
+  """The region `index` (a tuple of slices, flax layout) of one tensor, reading only that region from disk where
+  the layout allows (copy and linear); a conv (the patch embedding, small) is read whole."""
+  sl = handle.get_slice(hf)
+  if kind == "copy":
+    return sl[index] if index else sl[:]
+  if kind == "linear":
+    return sl[index[::-1]].T if index else sl[:].T
+  return _to_flax(sl[:], kind)[index]
+
+
+def load_params(path: str, config: ModelConfig, dtype=jnp.float32, shardings=None):
+  """The weights of an HF directory in the layout of `config`, `{"params": ...}` of `dtype`.
+
+  Tensors are read lazily: every parameter is built by `jax.make_array_from_callback`, so each device gets its
+  own shard (given `shardings`, e.g. `parallel.sharding.param_shardings(config, mesh)`), read from disk for it
+  and converted to `dtype` shard by shard: there is no whole-model copy on the host nor on one device, and each
+  process reads only what its devices hold. Shapes are checked tensor by tensor before anything is read.
+  """
+  import contextlib
+  from collections import defaultdict
+  files = _tensor_files(path)
   expected = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))["params"]
-  params: dict = {}
-  stacks: dict[tuple, list] = {}
+  rows = defaultdict(list)
   for fpath, hf, kind, layer in mapping_table(config):
-    if hf not in tensors:
-      raise CheckpointError(f"{path}: missing tensor {hf!r} (for params/{'/'.join(fpath)})")
-    x = _to_flax(tensors[hf], kind)
-    want = _get(expected, fpath).shape
-    want_one = want[1:] if layer is not None else want
-    if tuple(x.shape) != tuple(want_one):
-      raise CheckpointError(f"{path}: tensor {hf!r} has shape {tuple(tensors[hf].shape)} -> {tuple(x.shape)}, "
-                            f"expected {tuple(want_one)} for params/{'/'.join(fpath)}")
-    if layer is None:
-      _set(params, fpath, jnp.asarray(x, dtype))
-    else:
-      stacks.setdefault(fpath, []).append(x)
-  for fpath, xs in stacks.items():
-    _set(params, fpath, jnp.asarray(np.stack(xs), dtype))
+    rows[fpath].append((hf, kind, layer))
+  default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  params: dict = {}
+  with contextlib.ExitStack() as stack:
+    handles = {f: stack.enter_context(safe_open(os.path.join(path, f), "np")) for f in sorted(set(files.values()))}
+    for fpath, group in rows.items():
+      want = tuple(_get(expected, fpath).shape)
+      stacked = group[0][2] is not None
+      for hf, kind, _ in group:
+        if hf not in files:
+          raise CheckpointError(f"{path}: missing tensor {hf!r} (for params/{'/'.join(fpath)})")
+        got = _flax_shape(handles[files[hf]].get_slice(hf).get_shape(), kind)
+        if got != (want[1:] if stacked else want):
+          raise CheckpointError(f"{path}: tensor {hf!r} has shape {tuple(handles[files[hf]].get_slice(hf).get_shape())}"
+                                f" -> {got}, expected {want[1:] if stacked else want} for params/{'/'.join(fpath)}")
+
+      def region(index, group=group, stacked=stacked, want=want):
+        """The shard `index` of this parameter, in the file's dtype (a bf16 host buffer becomes the device
+        buffer without a copy on CPU; an fp32 conversion on the host would hold both)."""
+        index = tuple(index)
+        if not stacked:
+          hf, kind, _ = group[0]
+          return np.ascontiguousarray(_read_region(handles[files[hf]], hf, kind, index))
+        layers = range(*index[0].indices(want[0])) if index else range(want[0])
+        return np.stack([_read_region(handles[files[group[i][0]]], group[i][0], group[i][1], index[1:])
+                         for i in layers])
+
+      sharding = _get(shardings["params"], fpath) if shardings is not None else default
+      stored = jax.make_array_from_callback(want, sharding, region)
+      # Converted on the devices, one parameter at a time: at most one parameter exists in both dtypes.
+      _set(params, fpath, stored if stored.dtype == dtype else _cast(stored, jnp.dtype(dtype), sharding))
   return {"params": params}
+
+
+@functools.lru_cache(maxsize=None)
+def _caster(dtype, sharding):
+  return jax.jit(lambda x: x.astype(dtype), out_shardings=sharding)
+
+
+def _cast(x, dtype, sharding):
+  return _caster(dtype, sharding)(x)
 
 
 DEFAULT_MAX_SHARD_BYTES = 4 << 30      # hub checkpoints are sharded at a few GB

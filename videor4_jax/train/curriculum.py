@@ -142,7 +142,8 @@ class Runner:
   def _init_params(self):
     if self.init_dir:
       from videor4_jax.convert.hf import load_params
-      params = load_params(self.init_dir, self.config)
+      # Each device's shard read from disk for it (no whole-model copy on the host or on one device).
+      return load_params(self.init_dir, self.config, jnp.dtype(self.config.param_dtype), self.param_shardings)
     else:
       params = vlm.init_params(self.config, jax.random.key(self.cfg.seed))
     # Every process made the same values (same file / key), so each can put them onto the global mesh.
