@@ -3,6 +3,14 @@
 `load_video` returns the two views of DESIGN section 3: the *global* view (F frames resized to the prompt
 resolution, patchified for the prompt) and the *source* view (F frames, uint8, a fixed shape per config, plain
 stretch resize: crop boxes are normalized, so stretching is harmless) that rumination crops and clips from.
+
+Two decoders give the same frames for the same indices:
+  * the default (processing/video_seek.py): timestamps from the demuxed packets (no decode), then a seek to the
+    keyframe before each sampled frame and a decode forward only to it; its cost follows the number of sampled
+    frames, not the video's length. Whatever it cannot vouch for falls back to the reference path.
+  * the reference, `exact=True` (`probe_timestamps_exact` + `decode_frames_exact`): decodes every frame to read
+    the timestamps, then again up to the last sampled frame. Kept as the ground truth of the tests and the
+    baseline of bench/data_pipeline.py.
 """
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ import os
 import av
 import numpy as np
 
+from videor4_jax.processing import video_seek
 from videor4_jax.processing.image import resize_bicubic
 
 FRAME_FACTOR = 2
@@ -35,8 +44,8 @@ def _open(source):
   return av.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else os.fspath(source))
 
 
-def probe_timestamps(source, *, name: str | None = None) -> np.ndarray:
-  """Presentation time (seconds) of every decodable frame, in decode order."""
+def probe_timestamps_exact(source, *, name: str | None = None) -> np.ndarray:
+  """Reference: presentation time (seconds) of every decodable frame, in output order, by decoding them all."""
   where = _name(source, name)
   times = []
   try:
@@ -73,8 +82,9 @@ def sample_indices(timestamps: np.ndarray, *, num_frames: int | None = None, fps
   return np.abs(timestamps[None, :] - targets[:, None]).argmin(axis=1)
 
 
-def decode_frames(source, indices, *, name: str | None = None) -> np.ndarray:
-  """RGB uint8 frames `[len(indices), H, W, 3]` (grayscale / alpha / YUV converted) at the given indices."""
+def decode_frames_exact(source, indices, *, name: str | None = None) -> np.ndarray:
+  """Reference: RGB uint8 frames `[len(indices), H, W, 3]` (grayscale / alpha / YUV converted) at the given
+  indices, decoding every frame up to the last one wanted."""
   where = _name(source, name)
   wanted = {int(i) for i in indices}
   got = {}
@@ -93,12 +103,71 @@ def decode_frames(source, indices, *, name: str | None = None) -> np.ndarray:
   return np.stack([got[int(i)] for i in indices])
 
 
+def _packet_index(source, where):
+  """(PacketTable, reopen) of the video stream, or NeedsFullDecode; VideoDecodeError when it cannot be opened."""
+  def reopen():
+    container = _open(source)
+    if not container.streams.video:
+      container.close()
+      raise VideoDecodeError(where, "no video stream")
+    return container, container.streams.video[0]
+  try:
+    container, stream = reopen()
+  except (av.error.FFmpegError, OSError, ValueError, IndexError, EOFError) as e:
+    if isinstance(e, VideoDecodeError):
+      raise
+    raise VideoDecodeError(where, f"{type(e).__name__}: {e}") from None
+  with container:
+    return video_seek.read_packet_table(container, stream), reopen
+
+
+def probe_timestamps(source, *, name: str | None = None) -> np.ndarray:
+  """Presentation time (seconds) of every frame the decoder outputs, in order: from the packets when they carry
+  pts, else (and for a file they cannot describe, e.g. a broken tail) by decoding, as `probe_timestamps_exact`."""
+  try:
+    return _packet_index(source, _name(source, name))[0].times
+  except video_seek.NeedsFullDecode:
+    return probe_timestamps_exact(source, name=name)
+
+
+def _sampled_frames(source, where, sample):
+  """(timestamps, indices, frames) with `sample(timestamps) -> indices`, by packets + seeking (video_seek)."""
+  table, reopen = _packet_index(source, where)
+  times = table.times
+  idx = np.asarray(sample(times))
+  want = table.frame_pts[idx]
+  got = video_seek.SeekDecoder(reopen, table).frames(want)
+  return times, idx, np.stack([got[int(p)] for p in want])
+
+
+def decode_frames(source, indices, *, name: str | None = None) -> np.ndarray:
+  """RGB uint8 frames `[len(indices), H, W, 3]` at the given indices (indices into `probe_timestamps`), the same
+  frames as `decode_frames_exact`, seeking instead of decoding everything before them."""
+  where = _name(source, name)
+  try:
+    return _sampled_frames(source, where, lambda times: indices)[2]
+  except video_seek.NeedsFullDecode:
+    return decode_frames_exact(source, indices, name=name)
+  except IndexError:
+    raise VideoDecodeError(where, f"frame indices {list(indices)[:5]}... out of range") from None
+
+
 def load_video(source, *, num_frames: int, source_hw: tuple[int, int], global_hw: tuple[int, int],
-               name: str | None = None) -> dict:
-  """Decodes, samples `num_frames` frames uniformly in time, and makes the global and source views."""
-  times = probe_timestamps(source, name=name)
-  idx = sample_indices(times, num_frames=num_frames)
-  frames = decode_frames(source, idx, name=name)
+               name: str | None = None, exact: bool = False) -> dict:
+  """Decodes, samples `num_frames` frames uniformly in time, and makes the global and source views.
+  `exact=True` uses the decode-everything reference path (same frames, cost grows with the video's length)."""
+  where = _name(source, name)
+  sample = lambda times: sample_indices(times, num_frames=num_frames)
+  times = None
+  if not exact:
+    try:
+      times, idx, frames = _sampled_frames(source, where, sample)
+    except video_seek.NeedsFullDecode:
+      times = None       # e.g. raw H.264 without pts, or a broken tail: decode as the reference does
+  if times is None:
+    times = probe_timestamps_exact(source, name=name)
+    idx = sample(times)
+    frames = decode_frames_exact(source, idx, name=name)
   return dict(global_frames=np.stack([resize_bicubic(f, global_hw) for f in frames]),
               source_frames=np.stack([resize_bicubic(f, source_hw) for f in frames]),
               timestamps=times[idx], indices=idx)
