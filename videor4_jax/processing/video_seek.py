@@ -87,6 +87,7 @@ class SeekDecoder:
     self.container = self.stream = self.packets = None
     self.fed = -1              # decode position of the last packet fed to the decoder (-1: none since a seek)
     self.start = 0             # decode position the decoder started from at the last seek
+    self.packets_decoded = 0   # work done, for tests and benches
 
   def start_packet(self, pts: int) -> int:
     """Decode position of the keyframe to start from for the frame with this pts."""
@@ -124,6 +125,7 @@ class SeekDecoder:
       packet = next(self.packets, None)
       if packet is None:
         raise NeedsFullDecode(f"the decoder did not output the frame with pts {pts}")
+      self.packets_decoded += 1
       for frame in packet.decode():
         if frame.pts is None:
           raise NeedsFullDecode("a decoded frame has no pts")
