@@ -152,22 +152,26 @@ def decode_frames(source, indices, *, name: str | None = None) -> np.ndarray:
     raise VideoDecodeError(where, f"frame indices {list(indices)[:5]}... out of range") from None
 
 
-def load_video(source, *, num_frames: int, source_hw: tuple[int, int], global_hw: tuple[int, int],
-               name: str | None = None, exact: bool = False) -> dict:
-  """Decodes, samples `num_frames` frames uniformly in time, and makes the global and source views.
-  `exact=True` uses the decode-everything reference path (same frames, cost grows with the video's length)."""
+def sample_frames(source, *, num_frames: int | None, name: str | None = None, exact: bool = False, **rule):
+  """(timestamps of all frames, sampled indices, RGB uint8 frames `[F, H, W, 3]`), sampled by `sample_indices`
+  (`num_frames`, or None for the fps rule with `rule` = fps / min_frames / max_frames). `exact=True` uses the
+  decode-everything reference path (same frames, cost grows with the video's length)."""
   where = _name(source, name)
-  sample = lambda times: sample_indices(times, num_frames=num_frames)
-  times = None
+  sample = lambda times: sample_indices(times, num_frames=num_frames, **rule)
   if not exact:
     try:
-      times, idx, frames = _sampled_frames(source, where, sample)
+      return _sampled_frames(source, where, sample)
     except video_seek.NeedsFullDecode:
-      times = None       # e.g. raw H.264 without pts, or a broken tail: decode as the reference does
-  if times is None:
-    times = probe_timestamps_exact(source, name=name)
-    idx = sample(times)
-    frames = decode_frames_exact(source, idx, name=name)
+      pass               # e.g. raw H.264 without pts, or a broken tail: decode as the reference does
+  times = probe_timestamps_exact(source, name=name)
+  idx = sample(times)
+  return times, idx, decode_frames_exact(source, idx, name=name)
+
+
+def load_video(source, *, num_frames: int, source_hw: tuple[int, int], global_hw: tuple[int, int],
+               name: str | None = None, exact: bool = False) -> dict:
+  """Decodes, samples `num_frames` frames uniformly in time, and makes the global and source views."""
+  times, idx, frames = sample_frames(source, num_frames=num_frames, name=name, exact=exact)
   return dict(global_frames=np.stack([resize_bicubic(f, global_hw) for f in frames]),
               source_frames=np.stack([resize_bicubic(f, source_hw) for f in frames]),
               timestamps=times[idx], indices=idx)
