@@ -3,8 +3,9 @@
 Used by bench/data_pipeline.py (section "decode"). Each clip: 1280x720, 30 fps, libx264 (ultrafast, 2 B-frames,
 keyframe every --keyint frames), a scrolling block pattern. Per clip, one untimed call of each decoder checks
 that both return bitwise the same 16 frames; then `runs` timed calls of each, alternated (ABAB, the first of each
-pair swapping every round) so that load changes hit both sides alike. Median and min/max per side, the load
-average before and after each clip, the CPU model and the commit go into the JSON.
+pair swapping every round) in rounds over all clips, so that load changes hit both sides and every clip alike.
+Median and min/max per side, the 1-minute load average before each round and at the end, the CPU model and the
+commit go into the JSON.
 """
 from __future__ import annotations
 
@@ -58,25 +59,33 @@ def _sample(path, exact):
   return video.sample_frames(path, num_frames=NUM_FRAMES, exact=exact)
 
 
-def time_clip(path: str, runs: int) -> dict:
+def check_equal(path: str) -> None:
   _, idx_a, fast = _sample(path, False)
   _, idx_b, ref = _sample(path, True)
   if not (np.array_equal(idx_a, idx_b) and np.array_equal(fast, ref)):
     raise SystemExit(f"bench: {path}: the seek decoder's frames differ from the full decode's")
-  times = {"seek": [], "exact": []}
-  load_before = os.getloadavg()
+
+
+def time_clips(paths: list[str], runs: int) -> list[dict]:
+  """Rounds over all clips, each clip's two sides alternated (ABAB, swapped every round), so that a change in
+  the machine's load hits every clip and both sides alike."""
+  times = [{"seek": [], "exact": []} for _ in paths]
+  loads = []
   for r in range(runs):
-    for name in (("seek", "exact") if r % 2 == 0 else ("exact", "seek")):
-      t0 = time.perf_counter()
-      _sample(path, name == "exact")
-      times[name].append(time.perf_counter() - t0)
-  out = {k: dict(median_s=round(statistics.median(v), 4), min_s=round(min(v), 4), max_s=round(max(v), 4),
-                 runs_s=[round(x, 4) for x in v]) for k, v in times.items()}
-  out["speedup"] = round(out["exact"]["median_s"] / out["seek"]["median_s"], 2)
-  out["loadavg_before"] = [round(x, 2) for x in load_before]
-  out["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-  out["frames_equal"] = True
-  return out
+    loads.append(os.getloadavg()[0])
+    for t, path in zip(times, paths):
+      for name in (("seek", "exact") if r % 2 == 0 else ("exact", "seek")):
+        t0 = time.perf_counter()
+        _sample(path, name == "exact")
+        t[name].append(time.perf_counter() - t0)
+  loads.append(os.getloadavg()[0])
+  out = []
+  for t in times:
+    row = {k: dict(median_s=round(statistics.median(v), 4), min_s=round(min(v), 4), max_s=round(max(v), 4),
+                   runs_s=[round(x, 4) for x in v]) for k, v in t.items()}
+    row["speedup"] = round(row["exact"]["median_s"] / row["seek"]["median_s"], 2)
+    out.append(row)
+  return out, [round(x, 2) for x in loads]
 
 
 def _cpu_model() -> str:
@@ -104,14 +113,18 @@ def run(seconds: list[float], *, runs: int, keyint: int) -> dict:
   res = dict(resolution=f"{W}x{H}", fps=FPS, frames_sampled=NUM_FRAMES, keyint=keyint, runs_per_side=runs,
              order="ABAB (alternated, first side swapped each round)", cpu=_cpu_model(), cpus=os.cpu_count(),
              commit=_commit(), loadavg_start=[round(x, 2) for x in os.getloadavg()], clips=[])
+  paths = []
   for sec in seconds:
     t0 = time.perf_counter()
-    path = make_clip(sec, keyint)
-    row = dict(seconds=sec, generate_or_cache_s=round(time.perf_counter() - t0, 1), **clip_facts(path))
-    row.update(time_clip(path, runs))
-    res["clips"].append(row)
+    paths.append(make_clip(sec, keyint))
+    check_equal(paths[-1])
+    res["clips"].append(dict(seconds=sec, generate_or_cache_s=round(time.perf_counter() - t0, 1),
+                             frames_equal=True, **clip_facts(paths[-1])))
+  rows, res["loadavg_1min_per_round"] = time_clips(paths, runs)
+  for row, sec in zip(res["clips"], seconds):
+    row.update(rows.pop(0))
     print(f"decode {sec:g}s: seek {row['seek']['median_s']:.3f}s, exact {row['exact']['median_s']:.3f}s "
-          f"({row['speedup']}x), load {row['loadavg_before'][0]} -> {row['loadavg_after'][0]}", flush=True)
+          f"({row['speedup']}x)", flush=True)
   res["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
   first, last = res["clips"][0], res["clips"][-1]
   res["seek_longest_over_shortest"] = round(last["seek"]["median_s"] / first["seek"]["median_s"], 2)

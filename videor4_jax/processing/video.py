@@ -14,6 +14,7 @@ Two decoders give the same frames for the same indices:
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import os
@@ -32,6 +33,26 @@ class VideoDecodeError(ValueError):
   def __init__(self, source: str, reason: str):
     super().__init__(f"{source}: cannot decode video ({reason})")
     self.source, self.reason = source, reason
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoClip:
+  """A video (path or encoded bytes) and a time window in seconds: `load_video` samples only inside it (the
+  start/end seconds of a benchmark question, e.g. MVBench's)."""
+  source: str | bytes
+  start_s: float = 0.0
+  end_s: float = math.inf
+
+
+def _window(times: np.ndarray, clip: VideoClip, where: str) -> np.ndarray:
+  """Indices of the frames inside the clip's window (seconds from the first frame: a stream may start at a
+  nonzero time, e.g. MPEG-TS); VideoDecodeError when there are none."""
+  rel = times - times[0]
+  inside = np.flatnonzero((rel >= clip.start_s) & (rel <= clip.end_s))
+  if not len(inside):
+    raise VideoDecodeError(where, f"no frame inside the window {clip.start_s:g}-{clip.end_s:g} s (the video's "
+                                  f"frames span {times[0]:g}-{times[-1]:g} s)")
+  return inside
 
 
 def _name(source, name):
@@ -154,10 +175,15 @@ def decode_frames(source, indices, *, name: str | None = None) -> np.ndarray:
 
 def sample_frames(source, *, num_frames: int | None, name: str | None = None, exact: bool = False, **rule):
   """(timestamps of all frames, sampled indices, RGB uint8 frames `[F, H, W, 3]`), sampled by `sample_indices`
-  (`num_frames`, or None for the fps rule with `rule` = fps / min_frames / max_frames). `exact=True` uses the
-  decode-everything reference path (same frames, cost grows with the video's length)."""
-  where = _name(source, name)
-  sample = lambda times: sample_indices(times, num_frames=num_frames, **rule)
+  (`num_frames`, or None for the fps rule with `rule` = fps / min_frames / max_frames) among the frames inside
+  the window when `source` is a VideoClip. `exact=True` uses the decode-everything reference path (same frames,
+  cost grows with the video's length)."""
+  clip = source if isinstance(source, VideoClip) else VideoClip(source)
+  source, where = clip.source, _name(clip.source, name)
+
+  def sample(times):
+    inside = _window(times, clip, where)
+    return inside[sample_indices(times[inside], num_frames=num_frames, **rule)]
   if not exact:
     try:
       return _sampled_frames(source, where, sample)
@@ -170,7 +196,8 @@ def sample_frames(source, *, num_frames: int | None, name: str | None = None, ex
 
 def load_video(source, *, num_frames: int, source_hw: tuple[int, int], global_hw: tuple[int, int],
                name: str | None = None, exact: bool = False) -> dict:
-  """Decodes, samples `num_frames` frames uniformly in time, and makes the global and source views."""
+  """Decodes, samples `num_frames` frames uniformly in time (inside the window of a VideoClip `source`), and
+  makes the global and source views."""
   times, idx, frames = sample_frames(source, num_frames=num_frames, name=name, exact=exact)
   return dict(global_frames=np.stack([resize_bicubic(f, global_hw) for f in frames]),
               source_frames=np.stack([resize_bicubic(f, source_hw) for f in frames]),

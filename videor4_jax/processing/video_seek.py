@@ -126,6 +126,9 @@ class SeekDecoder:
       if packet is None:
         raise NeedsFullDecode(f"the decoder did not output the frame with pts {pts}")
       self.packets_decoded += 1
+      # A frame nobody wants and no other frame references need not be decoded (H.264 nal_ref_idc 0): skipping
+      # it leaves every reference picture, and so every wanted frame, unchanged.
+      self.stream.codec_context.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
       for frame in packet.decode():
         if frame.pts is None:
           raise NeedsFullDecode("a decoded frame has no pts")
