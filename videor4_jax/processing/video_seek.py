@@ -99,16 +99,16 @@ class SeekDecoder:
 
   def frames(self, wanted_pts) -> dict[int, np.ndarray]:
     """pts -> RGB uint8 frame for every pts in `wanted_pts` (pts of `table.frame_pts`)."""
-    wanted = sorted({int(p) for p in wanted_pts})
+    wanted = {int(p) for p in wanted_pts}
     got: dict[int, np.ndarray] = {}
     try:
-      for pts in wanted:
+      for pts in sorted(wanted):
         if pts in got:
           continue
         k = self.start_packet(pts)
         if self.packets is None or self.fed + 1 < k:
           self._seek(k)
-        self._decode_until(pts, set(wanted), got)
+        self._decode_until(pts, wanted, got)
     except av.error.FFmpegError as e:
       raise NeedsFullDecode(f"decode error {type(e).__name__}: {e}") from None
     finally:
