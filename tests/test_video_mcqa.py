@@ -121,6 +121,8 @@ def test_builder_parses_layouts_and_reports_skips(built):
     ({"video": "v", "question": "q", "options": {"B": "a", "A": "b"}, "answer": "A"}, "not A, B, C"),
     ({"video": "v", "question": "q", "A": "x", "B": "y", "answer": "B", "end": 0}, "start < end"),
     ({"question": "q", "options": ["a", "b"], "answer": "A"}, "no video"),
+    ({"video": "v", "question": "q", "options": ["a", "b"], "answer": 1}, "0- or 1-based"),
+    ({"video": "v", "question": "q", "options": ["a", "b"], "answer": "c"}, "neither an option letter"),
 ])
 def test_record_parsing_errors_name_the_field(raw, err):
   if err is None:

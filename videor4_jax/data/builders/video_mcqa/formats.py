@@ -2,9 +2,10 @@
 
 Accepted layouts (a JSON list, a JSON object holding the list under "data" / "questions" / "annotations", or
 JSON Lines), field names matched case-sensitively in this order:
-  * flat records: {"video" | "video_path" | "videoID" | "video_id" | "video_name", "question",
+  * flat records: {"video_path" | "video" | "videoID" | "video_id" | "video_name", "question",
     "options" | "candidates" | "choices" (a list, or {"A": text, ...}) or top-level "A", "B", ... keys,
-    "answer" | "correct_answer" (a letter, "(B)", "B. text", the option's text, or a 0-based int "answer_idx"),
+    "answer" | "correct_answer" (a letter, "(B)", "B. text" or the option's text; an integer there is an error,
+    0- or 1-based being a guess) or a 0-based int "answer_idx",
     optional "start" / "end" (or "start_s"/"end_s", "start_time"/"end_time") seconds, optional "question_id" |
     "qid" | "id", optional "task_type" | "task"}. This covers MVBench (video, question, candidates, answer text,
     start/end) and flat Video-MME exports (videoID, question_id, question, options "A. ...", answer letter).
@@ -109,6 +110,9 @@ def parse_answer(r: dict, options: list[str]) -> str:
   if key is None:
     raise RecordError(f"no answer: expected one of {list(_ANSWER_KEYS) + ['answer_idx']}")
   n = len(options)
+  if isinstance(a, int) and not isinstance(a, bool) and key != "answer_idx":
+    raise RecordError(f"field {key!r}: integer {a} is ambiguous (0- or 1-based?); give the letter, the option's "
+                      "text, or a 0-based 'answer_idx'")
   if isinstance(a, int) and not isinstance(a, bool):
     if not 0 <= a < n:
       raise RecordError(f"field {key!r}: index {a} is outside the {n} options")
