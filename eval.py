@@ -3,9 +3,14 @@
     python eval.py --checkpoint runs/tiny/final_hf --dataset synthetic_textvideo --split test \
         --mode rumination --output runs/tiny/eval_test.json [--config configs/tiny.py] [--trace_dir DIR]
 
+Generic video multiple-choice QA (a `video_mcqa` build, see videor4_jax/data/builders/video_mcqa/builder.py):
+    python eval.py --checkpoint DIR --dataset video_mcqa/embedded --config.data.data_dir=DATA --split test \
+        --mcqa --mode single_pass --output results.json
+
 --checkpoint: an HF Qwen2.5-VL directory (config.json, safetensors weights, tokenizer.json, preprocessor_config.json,
 a chat template), as the hub ships it or as train.py writes to <workdir>/final_hf. The tokenizer, vision settings
-and model config are the directory's; --config gives the data, pipeline and rollout settings. --dataset: "synthetic_textvideo" (built from the config's data settings if absent) or a TFDS
+and model config are the directory's; --config gives the data, pipeline and rollout settings.
+--dataset: "synthetic_textvideo" (built from the config's data settings if absent) or a TFDS
 directory / registered name under --config.data.data_dir. The results JSON schema is in videor4_jax/eval/loop.py.
 """
 import json
@@ -20,6 +25,8 @@ flags.DEFINE_string("dataset", "synthetic_textvideo", "Dataset name or directory
 flags.DEFINE_string("split", "test", "Split.")
 flags.DEFINE_enum("mode", "rumination", ["rumination", "single_pass"], "Evaluation mode.")
 flags.DEFINE_string("output", None, "Results JSON path.", required=True)
+flags.DEFINE_bool("mcqa", False, "Multiple-choice QA (a video_mcqa dataset): options in the prompt, the option "
+                  "letter scored.")
 flags.DEFINE_integer("num_examples", None, "Evaluate only the first N questions.")
 flags.DEFINE_string("trace_dir", None, "Write an HTML trace report of the first --num_traces questions here.")
 flags.DEFINE_integer("num_traces", 8, "Questions in the trace report.")
@@ -65,7 +72,7 @@ def main(argv):
   pcfg = pipeline.PipelineConfig(**{**cfg.pipeline.to_dict(), "batch_size": cfg.eval.batch_size})
   env = make_env(config, rollout_cfg, processor.tokenizer, pcfg.num_frames)
   results, kept = evaluate(env, params, processor, source, pcfg, mode=flags.FLAGS.mode,
-                           num_examples=flags.FLAGS.num_examples, keep_batches=True)
+                           num_examples=flags.FLAGS.num_examples, keep_batches=True, mcqa=flags.FLAGS.mcqa)
   os.makedirs(os.path.dirname(os.path.abspath(flags.FLAGS.output)), exist_ok=True)
   tmp = flags.FLAGS.output + ".tmp"
   with open(tmp, "w") as f:

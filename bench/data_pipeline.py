@@ -1,10 +1,13 @@
-"""Data pipeline throughput on this machine: build the synthetic dataset, then time grain batches.
+"""Data pipeline throughput on this machine: build the synthetic dataset, then time grain batches; and the video
+decode time per real-format video against the decode-everything baseline.
 
   python bench/data_pipeline.py --quick        # small build, a few batches; writes bench/results/data_pipeline.json
+  python bench/data_pipeline.py --sections=decode --decode_seconds=10,60,600
 
 Reports examples/s for: generating + encoding synthetic videos (the TFDS build), reading rows from the
 array_record source, and the featurized grain pipeline (the featurizer chosen by --featurizer), in-process and
-with --workers grain worker processes.
+with --workers grain worker processes. Section "decode" (bench/decode_clips.py): seconds per video to sample 16
+frames from generated 1280x720 H.264 clips, seek decoder vs decode-everything reference, alternated (ABAB).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))    # bench/decode_clips.py
 
 _QUICK = flags.DEFINE_bool("quick", False, "small build (32 train rows) and few batches")
 _NUM_TRAIN = flags.DEFINE_integer("num_train", 256, "train rows to build (ignored with --quick)")
@@ -27,6 +31,10 @@ _WORKERS = flags.DEFINE_integer("workers", 2, "grain worker processes for the mu
 _FEATURIZER = flags.DEFINE_enum("featurizer", "auto", ["auto", "answers", "rl"],
                                 "auto: the full RL featurizer when available, else answers only")
 _OUT = flags.DEFINE_string("out", None, "result JSON (default bench/results/data_pipeline.json)")
+_SECTIONS = flags.DEFINE_list("sections", ["pipeline", "decode"], "what to run: pipeline, decode")
+_DECODE_SECONDS = flags.DEFINE_list("decode_seconds", ["10", "60", "600"], "clip lengths for the decode section")
+_DECODE_RUNS = flags.DEFINE_integer("decode_runs", 5, "timed runs per decoder and clip (alternated, ABAB)")
+_KEYINT = flags.DEFINE_integer("keyint", 60, "keyframe interval of the generated clips (frames; 2 s at 30 fps)")
 
 
 def _time_batches(ds, n: int, batch_size: int) -> dict:
@@ -43,13 +51,35 @@ def _time_batches(ds, n: int, batch_size: int) -> dict:
 
 
 def main(_):
+  result = {"host": platform.node(), "cpus": os.cpu_count(), "quick": _QUICK.value}
+  if "pipeline" in _SECTIONS.value:
+    result.update(pipeline_section())
+  if "decode" in _SECTIONS.value:
+    import decode_clips
+    seconds = [float(x) for x in _DECODE_SECONDS.value]
+    if _QUICK.value:     # the 600 s clip's decode-everything runs take minutes
+      seconds = [x for x in seconds if x <= 60]
+    result["decode"] = decode_clips.run(seconds, runs=_DECODE_RUNS.value, keyint=_KEYINT.value)
+  out = _OUT.value or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "data_pipeline.json")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out + ".tmp", "w") as f:
+    json.dump(result, f, indent=2)
+  os.replace(out + ".tmp", out)
+  print(json.dumps(result, indent=2))
+  if "decode" in result:
+    print("decode s/video (seek vs decode-everything): " + ", ".join(
+        f"{r['seconds']:g}s clip {r['seek']['median_s']:.3f} vs {r['exact']['median_s']:.3f} ({r['speedup']:.1f}x)"
+        for r in result["decode"]["clips"]))
+
+
+def pipeline_section() -> dict:
   from videor4_jax.data import features, pipeline
   from videor4_jax.data.builders import SyntheticTextvideo, synthetic_textvideo
 
   quick = _QUICK.value
   n_train, n_batches = (32, 6) if quick else (_NUM_TRAIN.value, _BATCHES.value)
   bs = _BATCH_SIZE.value
-  result = {"host": platform.node(), "cpus": os.cpu_count(), "quick": quick, "batch_size": bs}
+  result = {"batch_size": bs}
   with tempfile.TemporaryDirectory() as d:
     cfg = synthetic_textvideo.builder.SyntheticTextvideoConfig(name="bench", num_train=n_train, num_validation=2,
                                                                num_test=2)
@@ -82,11 +112,7 @@ def main(_):
       c = pipeline.PipelineConfig(**{**pcfg.__dict__, "worker_count": workers})
       feat = make_rl(c, processor) if kind == "rl" else features.AnswersFeaturizer(c)
       result[f"pipeline_workers{workers}"] = _time_batches(pipeline.make_dataset(src, c, feat), n_batches, bs)
-  out = _OUT.value or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "data_pipeline.json")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w") as f:
-    json.dump(result, f, indent=2)
-  print(json.dumps(result, indent=2))
+  return result
 
 
 if __name__ == "__main__":

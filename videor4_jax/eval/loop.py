@@ -4,6 +4,9 @@ Modes: "rumination" (the model may clip / crop for up to R steps) and "single_pa
 `<tool_call>` disallowed, and the assistant turn opened with `SINGLE_PASS_PREFIX` so it must write the answer at
 once), so the gain of rumination is measured on the same weights.
 
+mcqa=True (eval/mcqa.py): a `video_mcqa` dataset; the prompt lists the lettered options and "accuracy" is the
+option-letter metric (metrics.multiple_choice_accuracy); the summary then also holds "metric".
+
 Results JSON (written by eval.py and by train.py's report):
   {"summary": {"mode", "num_questions", "accuracy", "anls", "rumination_rate", "actions_per_question",
                "invalid_action_rate", "answered_rate"},
@@ -73,7 +76,7 @@ def row_actions(traj, b: int) -> list[dict]:
 
 
 def evaluate(env: RuminationEnv, params, processor, source, pcfg: pipeline.PipelineConfig, *, mode: str = "rumination",
-             num_examples: int | None = None, progress: bool = True, keep_batches: bool = False):
+             num_examples: int | None = None, progress: bool = True, keep_batches: bool = False, mcqa: bool = False):
   """Returns the results dict (module docstring) and, with `keep_batches`, the raw batches + trajectories.
 
   `processor` (processing/processor.py) is the one the env was built with: prompts use its tokenizer, system
@@ -81,6 +84,10 @@ def evaluate(env: RuminationEnv, params, processor, source, pcfg: pipeline.Pipel
   tok = processor.tokenizer
   if mode not in MODES:
     raise ValueError(f"mode={mode!r}; expected one of {MODES}")
+  score = metrics.accuracy
+  if mcqa:
+    from videor4_jax.eval import mcqa as mcqa_lib
+    source, score = mcqa_lib.McqaSource(source), mcqa_lib.score
   run_env = env if mode == "rumination" else single_pass_env(env, tok.tool_call_start_id)
   fn = make_rollout_fn(run_env, greedy=True)
   n = len(source) if num_examples is None else min(num_examples, len(source))
@@ -110,7 +117,7 @@ def evaluate(env: RuminationEnv, params, processor, source, pcfg: pipeline.Pipel
       golds = decode_strings(batch["answers"][i], int(batch["num_answers"][i]))
       questions.append(dict(qid=decode_strings(batch["qid"][i])[0], question=decode_strings(batch["question"][i])[0],
                             golds=golds, prediction=pred,
-                            accuracy=metrics.accuracy(pred, golds), anls=metrics.anls(pred, golds),
+                            accuracy=score(pred, golds), anls=metrics.anls(pred, golds),
                             answered=bool(traj.answered[i]), actions=row_actions(traj, i), text=text))
     if keep_batches:
       kept.append((batch, traj, b))
@@ -125,6 +132,8 @@ def evaluate(env: RuminationEnv, params, processor, source, pcfg: pipeline.Pipel
                  actions_per_question=n_act / max(len(acts), 1),
                  invalid_action_rate=sum(x["error"] is not None for a in acts for x in a) / max(n_act, 1),
                  answered_rate=float(np.mean([q["answered"] for q in questions])) if questions else 0.0)
+  if mcqa:
+    summary["metric"] = "multiple_choice_accuracy"
   out = {"summary": summary, "questions": questions}
   return (out, kept) if keep_batches else out
 

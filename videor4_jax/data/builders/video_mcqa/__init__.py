@@ -1,0 +1,1 @@
+"""TFDS builder package video_mcqa (see builder.py)."""
