@@ -164,15 +164,13 @@ def test_eval_cli_mcqa_end_to_end(built, tmp_path):
   from train_fixtures import small_config
   from videor4_jax.convert.hf import save_pretrained
   from videor4_jax.model import vlm
-  from videor4_jax.processing.tokenizer import Tokenizer
-  from videor4_jax.train.curriculum import build_model_config
+  from videor4_jax.convert.resolve import build_model_config, make_processor
   _, _, data_dir = built
   cfg = small_config(tmp_path / "unused")
-  tok = Tokenizer.tiny()
+  processor = make_processor(cfg)
+  config = build_model_config(cfg, processor.tokenizer)
   ckpt = str(tmp_path / "ckpt")
-  save_pretrained(ckpt, build_model_config(cfg, tok), vlm.init_params(build_model_config(cfg, tok),
-                                                                      jax.random.key(0)))
-  tok.save(ckpt)
+  save_pretrained(ckpt, config, vlm.init_params(config, jax.random.key(0)), processor=processor)
   out = tmp_path / "mc.json"
   cmd = [sys.executable, "eval.py", "--checkpoint", ckpt, "--dataset", "video_mcqa/embedded", "--split", "test",
          "--mcqa", "--mode", "single_pass", "--output", str(out), f"--config.data.data_dir={data_dir}",
