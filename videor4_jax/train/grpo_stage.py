@@ -131,7 +131,7 @@ def run_grpo(runner, stage: str, state, start_step: int):
 
     def draw(d):
       draws.append(_draw(runner, stage, state, it, roll, key if d == 0 else jax.random.fold_in(key, d)))
-      return ~np.asarray(distributed.to_host(draws[-1][0]["keep"])).reshape(-1, G)[:, 0]
+      return np.asarray(distributed.to_host(draws[-1][0]["keep"])).reshape(-1, G)[:, 0]   # keep: variance > 0
 
     picked, ds = grpo.dynamic_sample(draw, s.batch_size, gcfg.max_draws if gcfg.dynamic_sampling else 1)
     if ds["draws"] == 1:
@@ -145,6 +145,10 @@ def run_grpo(runner, stage: str, state, start_step: int):
         print(f"{stage} step {step}: dynamic sampling stopped at its cap of {ds['draws']} rollout batches with "
               f"{ds['filled']} of {s.batch_size} informative groups; the rest of the batch has zero variance",
               flush=True)
+    keep_groups = np.asarray(distributed.to_host(b["keep"])).reshape(-1, G)[:, 0]
+    if int(keep_groups.sum()) != ds["filled"]:      # the picked rows must be the groups dynamic_sample counted
+      raise RuntimeError(f"{stage} step {step}: the batch holds {int(keep_groups.sum())} informative groups, "
+                         f"dynamic sampling picked {ds['filled']}")
     for _ in range(gcfg.num_inner_steps):
       with jax.set_mesh(runner.mesh):
         state, m = step_fn(state, b, ref_params)
