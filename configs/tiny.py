@@ -71,11 +71,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.stages = dict(
       drp_sft=dict(kind="sft", trajectories="deliberate", steps=400, lr=2e-3, warmup_steps=10, batch_size=8,
                    freeze_vision=True),
-      rl_d=dict(kind="grpo", trajectories="deliberate", steps=30, lr=5e-4, batch_size=4, freeze_vision=True,
+      rl_d=dict(kind="grpo", trajectories="deliberate", steps=30, lr=2e-4, batch_size=4, freeze_vision=True,
                 rewards=dict(accuracy="anls", w_format=0.2, w_div=0.0, w_rep=0.0, w_cur=1.0)),
       crp_sft=dict(kind="sft", trajectories="compositional", steps=150, lr=1e-3, warmup_steps=5, batch_size=8,
                    freeze_vision=True),
-      rl_c=dict(kind="grpo", trajectories="compositional", steps=30, lr=5e-4, batch_size=4, freeze_vision=True,
+      rl_c=dict(kind="grpo", trajectories="compositional", steps=30, lr=2e-4, batch_size=4, freeze_vision=True,
                 rewards=dict(accuracy="anls", w_format=0.2, w_div=0.1, w_rep=0.1, w_cur=1.0)),
   )
   c.eval = dict(split="test", num_examples=48, batch_size=16)
