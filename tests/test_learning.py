@@ -98,6 +98,7 @@ def _reduced_rl_config(tmp_path, seed):
   cfg.curriculum = "drp_sft,rl_d"
   cfg.stages.drp_sft.steps = 120
   cfg.stages.rl_d.steps = REDUCED_RL_STEPS
+  cfg.stages.rl_d.lr = 5e-4            # the measured runs below; the default config's RL stages use 2e-4 for 30 steps
   cfg.mesh_shape = (1, 1, 1)
   cfg.eval.num_examples, cfg.eval.batch_size = 16, 16
   cfg.log_every = 40
@@ -121,7 +122,11 @@ def test_reduced_rl_stage_beats_its_sft_checkpoint(tmp_path):
   assert acc["rl_d"] - acc["drp_sft"] >= REDUCED_RL_MARGIN, acc
 
 
-REDUCED_RL_MARGIN = 0.3
+# Measured (16 held-out questions, this config): DRP-SFT -> RL_d 0.250 -> 0.562 (+31 points, seed 0: the test),
+# 0.000 -> 0.500 (+50, seed 1); ~15 minutes each on the loaded 2-core machine (load average ~10). RL stages
+# without a learning signal moved accuracy by -19 to +2 points on the default task before (README, Results), and
+# one question is 6 points here: 25 points (4 questions) is outside both.
+REDUCED_RL_MARGIN = 0.25
 
 
 @pytest.mark.slow
