@@ -88,7 +88,7 @@ def write_learning_png(path: str, report: dict, rewards: dict[str, list[tuple[fl
   rl = [s for s in stages if s in rewards] + [s for s in rewards if s not in stages]
   n = sum(len(rewards[s]) for s in rl)
   top = max([1.0] + [v for s in rl for pair in rewards[s] for v in pair if v == v])
-  right = _Panel(d, (600, 50, 1080, 360), (0, max(n - 1, 1)), (0.0, top), "GRPO reward per step (train prompts)",
+  right = _Panel(d, (600, 50, 1080, 360), (0, max(n - 1, 1)), (0.0, top), "GRPO reward per step (the training batch, after dynamic sampling)",
                  font)
   offset = 0
   for s in rl:
