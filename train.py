@@ -11,7 +11,8 @@ cluster (TPU pods, SLURM); on one machine give the coordinator and ranks, e.g. t
 
 Resumes from the newest complete checkpoint in the work directory (stage and step). Ends with an evaluation
 report: `<workdir>/report.json` (held-out accuracy with rumination and in single-pass mode after every stage,
-and the final HF-format checkpoint that eval.py accepts).
+and the final HF-format checkpoint that eval.py accepts) and `<workdir>/learning.png` (accuracy per stage with and
+without rumination, GRPO reward per step).
 """
 import os
 
@@ -56,7 +57,10 @@ def main(argv):
     ru, sp = r["rumination"], r["single_pass"]
     print(f"{stage:<10} {ru['accuracy']:>15.3f} {sp['accuracy']:>16.3f} {ru['rumination_rate']:>16.2f} "
           f"{ru['invalid_action_rate']:>8.2f}")
-  print(f"report: {os.path.join(workdir, 'report.json')}   final checkpoint: {report['final_checkpoint']}")
+  from videor4_jax.train import plots
+  png = plots.write_for_workdir(workdir)
+  print(f"report: {os.path.join(workdir, 'report.json')}   final checkpoint: {report['final_checkpoint']}   "
+        f"figure: {png}")
 
 
 if __name__ == "__main__":

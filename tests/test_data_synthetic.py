@@ -157,3 +157,55 @@ def test_gold_box_and_legibility_validation(kw, msg):
   """0.75-px strokes in the global view (scale 3 at 4x smaller) were legible by eye: refused by default."""
   with pytest.raises(ValueError, match=msg):
     synthetic.SyntheticConfig(**{**dict(question_types=("crop",)), **kw})
+
+
+FLAWED = dict(crop_text_px=2.0, crop_box_frac=0.16, jitter_px=0, obs_hw=(28, 28), code_len=(1, 1), text_plate=True,
+              name_position=True, num_distractors=1, question_types=("crop", "clip_crop"), flash_len=(2, 2),
+              name_time=True, confusable_frac=0.5, teacher_flaw_prob=0.75)
+
+
+def test_flawed_teacher_takes_the_stated_wrong_actions():
+  """The imperfect teacher (data/teacher.py): on crop questions naming a neighbouring sign it crops that neighbour
+  and reads its code with probability p = 0.75; on clip_crop questions about an inner window it clips the adjacent
+  outer window and guesses; elsewhere it is right. Gold answers stay right; the right action follows from the
+  question (named position and window), and the images show what each action would see."""
+  cfg = synthetic.SyntheticConfig(**FLAWED)
+  counts = {("crop", True): [0, 0], ("crop", False): [0, 0], ("clip_crop", True): [0, 0], ("clip_crop", False): [0, 0]}
+  for i in range(300):
+    ex = synthetic.generate(cfg, 0, i)
+    t, ev = ex.trajectory, ex.trajectory.evidence
+    assert t.answers == (ev["code"],)
+    flawed, act = ev["teacher_flawed"], t.actions
+    if ex.question_type == "crop":
+      nb = ev["distractors"][0]
+      assert (", next to the " + nb["colour"] + " sign?" in t.question) == ev["confusable"]
+      if ev["confusable"]:
+        assert nb["cell"] == cfg.neighbour_cell(ev["cell"])
+      want_cell, want_code = (nb["cell"], nb["code"]) if flawed else (ev["cell"], ev["code"])
+      assert act[0].bbox_2d == cfg.gold_box(want_cell) and t.steps[-1].answer == want_code
+      counts["crop", ev["confusable"]][flawed] += 1
+    else:
+      k, inner = ev["window"], ev["window"] in (1, 2)
+      assert synthetic.teacher.window_name(k, 4) in t.question and ev["frames"] == [2 * k + 1, 2 * k + 2]
+      on = np.abs(ex.frames_fhw3.astype(int) - ex.frames_fhw3[[f for f in range(8) if f + 1 not in ev["frames"]][0]]
+                  ).sum((1, 2, 3)) > 0
+      assert [f + 1 for f in range(8) if on[f]] == ev["frames"]       # the text shows on the named window only
+      wrong = {1: [1, 2], 2: [7, 8]}.get(k)
+      assert list(act[0].frames) == (wrong if flawed else ev["frames"])
+      assert act[1].frame in act[0].frames and act[1].bbox_2d == cfg.gold_box(ev["cell"])
+      assert (t.steps[-1].answer != ev["code"]) == flawed
+      counts["clip_crop", inner][flawed] += 1
+  for key in (("crop", False), ("clip_crop", False)):
+    assert counts[key][1] == 0, counts                   # never wrong outside the stated subsets
+  for key in (("crop", True), ("clip_crop", True)):
+    n = sum(counts[key])
+    assert n >= 40 and abs(counts[key][1] / n - 0.75) < 0.15, counts
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(num_distractors=0), "needs a sign beside the target"),
+                                    (dict(name_position=False), "name_position=True"),
+                                    (dict(teacher_flaw_prob=1.5), "teacher_flaw_prob"),
+                                    (dict(flash_len=(2, 5), max_clip_frames=5), "name_time needs")])
+def test_flaw_knobs_validate(kw, msg):
+  with pytest.raises(ValueError, match=msg):
+    synthetic.SyntheticConfig(**{**FLAWED, **kw})

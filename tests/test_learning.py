@@ -5,9 +5,12 @@ questions, a few minutes of CPU reduced to ~1: before training the greedy rollou
 after 120 steps they land on the gold text box (IoU >= 0.5, a real frame) for at least 90% of held-out questions and
 the crop is read (accuracy >= 0.5), while the same weights answering in one pass stay near chance.
 
+Default suite (`test_reduced_rl_stage_beats_its_sft_checkpoint`, issue 19): a flawed teacher's crop trajectories,
+DRP-SFT then RL_d; GRPO raises held-out accuracy over the SFT checkpoint by a margin outside the seed spread.
+
 Slow (`test_default_config_learns_to_ruminate`): `python train.py` on the default tiny config; (a) held-out accuracy
-with rumination beats single-pass by >= 30 points; (b) the last RL stage is >= 5 points above the SFT stage before
-it; the report carries rumination and invalid-action rates.
+with rumination beats single-pass by >= 30 points; (b) each RL stage is >= 10 points above the SFT stage before
+it; the report carries rumination and invalid-action rates, and the run leaves learning.png.
 """
 import dataclasses
 import json
@@ -46,7 +49,6 @@ def test_reduced_run_learns_to_crop_on_the_text(tmp_path):
   from videor4_jax.data.sources import make_source_fn
   from videor4_jax.data.synthetic import SyntheticConfig
   from videor4_jax.eval.loop import evaluate
-  from videor4_jax.processing.tokenizer import Tokenizer
   from videor4_jax.train.curriculum import Runner
   cfg = tiny.get_config()
   cfg.data.data_dir = str(tmp_path / "data")
@@ -57,7 +59,6 @@ def test_reduced_run_learns_to_crop_on_the_text(tmp_path):
   cfg.mesh_shape = (1, 1, 1)
   cfg.eval.num_examples, cfg.eval.batch_size = 0, 16      # evaluated below, with per-question actions
   cfg.log_every = 40
-  tok = Tokenizer.tiny()
   source_fn = make_source_fn(cfg.data)
   runner = Runner(cfg, str(tmp_path / "run"), source_fn)
   pcfg = dataclasses.replace(runner.pcfg, batch_size=16)
@@ -82,6 +83,49 @@ def test_reduced_run_learns_to_crop_on_the_text(tmp_path):
   assert acc >= 0.5 and acc - acc_single >= 0.3, (acc, acc_single)
 
 
+def _reduced_rl_config(tmp_path, seed):
+  """Crop questions only, every one naming a neighbouring sign that the flawed teacher crops 75% of the time:
+  DRP-SFT learns the teacher's mixture, RL_d (GRPO, dynamic sampling) is left to fix it."""
+  import tiny
+  cfg = tiny.get_config()
+  cfg.seed = cfg.data.seed = seed
+  cfg.data.data_dir = str(tmp_path / "data")
+  cfg.data.num_train, cfg.data.num_validation, cfg.data.num_test = 160, 2, 16
+  cfg.data.task.question_types = ("crop",)
+  cfg.data.task.confusable_frac = 1.0
+  cfg.curriculum = "drp_sft,rl_d"
+  cfg.stages.drp_sft.steps = 120
+  cfg.stages.rl_d.steps = REDUCED_RL_STEPS
+  cfg.stages.rl_d.lr = 5e-4            # the measured runs below; the default config's RL stages use 2e-4 for 30 steps
+  cfg.mesh_shape = (1, 1, 1)
+  cfg.eval.num_examples, cfg.eval.batch_size = 16, 16
+  cfg.log_every = 40
+  return cfg
+
+
+REDUCED_RL_STEPS = 15
+
+
+def test_reduced_rl_stage_beats_its_sft_checkpoint(tmp_path):
+  """GRPO goes beyond its demonstrations: after DRP-SFT on a flawed teacher's trajectories the greedy policy crops
+  the neighbouring sign, and RL_d raises held-out accuracy over that SFT checkpoint by a margin well outside the
+  seed-to-seed spread (measured below)."""
+  from videor4_jax.data.sources import make_source_fn
+  from videor4_jax.train.curriculum import Runner
+  cfg = _reduced_rl_config(tmp_path, 0)
+  report = Runner(cfg, str(tmp_path / "run"), make_source_fn(cfg.data)).run()
+  acc = {s: report["stages"][s]["rumination"]["accuracy"] for s in ("drp_sft", "rl_d")}
+  print(f"held-out accuracy: DRP-SFT {acc['drp_sft']:.3f} -> RL_d {acc['rl_d']:.3f}")
+  assert acc["rl_d"] - acc["drp_sft"] >= REDUCED_RL_MARGIN, acc
+
+
+# Measured (16 held-out questions, this config): DRP-SFT -> RL_d 0.250 -> 0.562 (+31 points, seed 0: the test),
+# 0.000 -> 0.500 (+50, seed 1); ~15 minutes each on the loaded 2-core machine (load average ~10). RL stages
+# without a learning signal moved accuracy by -19 to +2 points on the default task before (README, Results), and
+# one question is 6 points here: 25 points (4 questions) is outside both.
+REDUCED_RL_MARGIN = 0.25
+
+
 @pytest.mark.slow
 def test_default_config_learns_to_ruminate(tmp_path):
   proc = subprocess.run([sys.executable, "train.py", f"--workdir={tmp_path}", f"--config.data.data_dir={tmp_path}/data"],
@@ -92,6 +136,9 @@ def test_default_config_learns_to_ruminate(tmp_path):
   last = list(stages)[-1]
   ru, sp = stages[last]["rumination"], stages[last]["single_pass"]
   assert ru["accuracy"] - sp["accuracy"] >= 0.30, stages
-  assert stages["rl_c"]["rumination"]["accuracy"] - stages["crp_sft"]["rumination"]["accuracy"] >= 0.05, stages
+  # Every RL stage beats the SFT checkpoint it started from by >= 10 points (issue 19).
+  for rl, sft in (("rl_d", "drp_sft"), ("rl_c", "crp_sft")):
+    assert stages[rl]["rumination"]["accuracy"] - stages[sft]["rumination"]["accuracy"] >= 0.10, (rl, stages)
+  assert (tmp_path / "learning.png").stat().st_size > 0
   assert all("rumination_rate" in r["rumination"] and "invalid_action_rate" in r["rumination"]
              for r in stages.values())

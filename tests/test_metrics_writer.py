@@ -105,7 +105,7 @@ def test_runner_grpo_stage_logs_every_quantity(grpo_run):
   workdir, _, recs = grpo_run
   assert [r["step"] for r in recs] == [0, 1]
   want = {"loss", "clip_frac", "kl", "tokens_per_s", "rumination_rate", "actions_per_rollout", "invalid_action_rate",
-          "grad_norm", "skipped", "zero_variance_frac"}
+          "grad_norm", "skipped", "zero_variance_frac", "uninformative", "informative_frac", "sampling_draws"}
   want |= {f"reward/{k}" for k in ("total", "accuracy", "format", "diversity", "representativeness", "curiosity")}
   for r in recs:
     assert {f"rl_d/{k}" for k in want} <= set(r), sorted({f"rl_d/{k}" for k in want} - set(r))

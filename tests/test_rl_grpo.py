@@ -140,3 +140,63 @@ def test_chunked_logprobs_equal_dense_values_and_gradients(seq_chunk, vocab_chun
                           return_entropy=True)
   p = jax.nn.softmax(h @ w / 0.7, -1)
   np.testing.assert_allclose(np.asarray(ent), np.asarray(-(p * jnp.log(p)).sum(-1)), atol=1e-4)
+
+
+def test_trl_normalization_equals_hand_computed_sample_std():
+  """adv_std_ddof=1, adv_eps=1e-4 (TRL's GRPOTrainer): A = (R - mean) / (sample std + 1e-4), written out by hand;
+  the default (population std) is larger by exactly sqrt(G / (G - 1)) before eps."""
+  r = jnp.array([1.0, 0.0, 0.0, 0.0, 0.2, 0.6, 1.0, 0.2])
+  got = np.asarray(grpo.group_advantages(r, 4, eps=1e-4, ddof=1))
+  # group 1: mean 0.25, sample std sqrt((0.75^2 + 3 * 0.25^2) / 3) = 0.5
+  np.testing.assert_allclose(got[:4], [0.75 / 0.5001, -0.25 / 0.5001, -0.25 / 0.5001, -0.25 / 0.5001], rtol=1e-6)
+  # group 2: mean 0.5, deviations (-0.3, 0.1, 0.5, -0.3), sample std sqrt(0.44 / 3)
+  s = np.sqrt((0.09 + 0.01 + 0.25 + 0.09) / 3)
+  np.testing.assert_allclose(got[4:], np.array([-0.3, 0.1, 0.5, -0.3]) / (s + 1e-4), rtol=1e-5)
+  pop = np.asarray(grpo.group_advantages(r, 4, eps=1e-12))
+  samp = np.asarray(grpo.group_advantages(r, 4, eps=1e-12, ddof=1))
+  np.testing.assert_allclose(pop / samp, np.sqrt(4 / 3), rtol=1e-5)
+  cfg = grpo.GRPOConfig(adv_std_ddof=1, adv_eps=1e-4)
+  assert (cfg.adv_std_ddof, cfg.adv_eps) == (1, 1e-4) and grpo.GRPOConfig().adv_std_ddof == 0
+
+
+def test_zero_variance_groups_get_exactly_zero_advantage():
+  """Equal rewards whose float mean is not exact (0.1 x 3) still give A = 0 exactly, for either std convention:
+  grpo_step (train/steps.py) tells an uninformative batch by its advantages when no `keep` is given."""
+  r = jnp.array([0.1, 0.1, 0.1, 0.7, 0.7, 0.7])
+  for ddof in (0, 1):
+    assert np.all(np.asarray(grpo.group_advantages(r, 3, ddof=ddof)) == 0.0)
+
+
+def _fake_draws(informative_rows):
+  """draw(d) returning the d-th row of `informative_rows`; records the calls."""
+  calls = []
+
+  def draw(d):
+    calls.append(d)
+    return np.asarray(informative_rows[d], bool)
+  return draw, calls
+
+
+def test_dynamic_sampling_fills_the_batch_with_informative_groups():
+  draw, calls = _fake_draws([[1, 0, 0, 0], [0, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]])
+  picked, st = grpo.dynamic_sample(draw, 4, max_draws=4)
+  assert calls == [0, 1, 2]                              # stops as soon as 4 informative groups are held
+  assert picked == [(0, 0), (1, 1), (1, 2), (2, 0)]      # informative groups in draw order, the surplus dropped
+  assert st == dict(draws=3, drawn_groups=12, informative_groups=7, filled=4, capped=False)
+
+
+def test_dynamic_sampling_stops_at_its_cap_and_says_so():
+  draw, calls = _fake_draws([[0, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
+  picked, st = grpo.dynamic_sample(draw, 4, max_draws=2)
+  assert calls == [0, 1]                                 # the cap: two rollout batches, the third never drawn
+  assert st == dict(draws=2, drawn_groups=8, informative_groups=1, filled=1, capped=True)
+  assert picked[0] == (0, 2) and picked[1:] == [(0, 0), (0, 1), (0, 3)]   # completed with zero-variance groups
+  one, st1 = grpo.dynamic_sample(_fake_draws([[0, 1, 0, 0]])[0], 4, max_draws=1)   # off: one draw, as is
+  assert st1["draws"] == 1 and st1["capped"] and sorted(one) == [(0, g) for g in range(4)]
+
+
+def test_new_options_validate():
+  with pytest.raises(ValueError, match="adv_std_ddof"):
+    grpo.GRPOConfig(adv_std_ddof=2)
+  with pytest.raises(ValueError, match="max_draws"):
+    grpo.GRPOConfig(max_draws=0)

@@ -8,7 +8,6 @@ import pytest
 
 from train_fixtures import small_config
 from videor4_jax.data.sources import make_source_fn
-from videor4_jax.processing.tokenizer import Tokenizer
 from videor4_jax.train.checkpoint import CheckpointMismatch
 from videor4_jax.train.curriculum import Runner
 
@@ -58,7 +57,7 @@ def cfg(data_dir):
 
 
 def test_interrupted_run_resumes_to_identical_metrics(cfg, tmp_path):
-  tok = Tokenizer.tiny()
+
   source_fn = make_source_fn(cfg.data)
   straight = Runner(cfg, str(tmp_path / "a"), source_fn).run()
   crashes = []
@@ -80,7 +79,7 @@ def test_interrupted_run_resumes_to_identical_metrics(cfg, tmp_path):
 
 def _straight_crash_resume(c, tmp_path, crash_at, capsys):
   """Uninterrupted run in a/, a crash at global step `crash_at` then a resume in b/; returns (a, b, resume stdout)."""
-  tok, source_fn = Tokenizer.tiny(), make_source_fn(c.data)
+  source_fn = make_source_fn(c.data)
   Runner(c, str(tmp_path / "a"), source_fn).run()
   with pytest.raises(Crash):
     CrashingRunner(c, str(tmp_path / "b"), source_fn, crash_at=crash_at).run()
@@ -111,7 +110,7 @@ def test_resume_in_a_stage_with_another_optimizer_structure(data_dir, tmp_path, 
   c = small_config(data_dir, drp_sft=1, crp_sft=3)
   c.curriculum, c.checkpoint_every = "drp_sft,crp_sft", 1
   c.stages.drp_sft.freeze_vision, c.stages.crp_sft.freeze_vision = False, True
-  tok, source_fn = Tokenizer.tiny(), make_source_fn(c.data)
+  source_fn = make_source_fn(c.data)
   Runner(c, str(tmp_path / "a"), source_fn).run()
   with pytest.raises(Crash):       # saved at global steps 1 (drp_sft end) and 2 (crp_sft step 1), dies after 3
     CrashingRunner(c, str(tmp_path / "b"), source_fn, crash_at=3).run()

@@ -232,3 +232,35 @@ def test_grad_accum_two_half_batches_equal_one_full_batch():
   jax.tree_util.tree_map_with_path(close, acc.params, full.params, params)
   moved = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), acc.params, params))
   assert sum(moved) > len(moved) // 2
+
+
+def test_uninformative_batch_leaves_params_and_optimizer_state_bitwise_unchanged():
+  """A GRPO step on a batch where every group has zero reward variance makes no optimizer update at all: params,
+  Adam moments, count and step stay bitwise equal, although Adam's momentum from an earlier informative step
+  would move the params (checked: with skip_uninformative=False the same batch changes them)."""
+  tok, config, params, env = make_setup()
+  batch, traj = sft_batch(n=4)
+  G = 2
+  base = dict(batch, loss_mask=batch["loss_mask"] * ~traj.forced, logp=batch["logp"] - 0.01)
+  live = grpo.group_advantages(jnp.array([1.0, 0.0, 0.3, 0.9]), G)
+  flat_rewards = jnp.array([1.0, 1.0, 0.3, 0.3])
+  flat = dict(base, advantages=grpo.group_advantages(flat_rewards, G), keep=~grpo.zero_variance_groups(flat_rewards, G))
+  assert not np.any(np.asarray(flat["keep"])) and np.all(np.asarray(flat["advantages"]) == 0)
+  tx = make_optimizer(OptimConfig(lr=1e-3, total_steps=10, weight_decay=0.01))
+  results = {}
+  for skip in (True, False):
+    gcfg = grpo.GRPOConfig(num_generations=G, beta=0.04, aggregation="token_mean", skip_uninformative=skip)
+    step = jax.jit(functools.partial(grpo_step, config, gcfg))
+    state, m0 = step(TrainState.create(params, tx), dict(base, advantages=live, keep=jnp.ones(4, bool)), params)
+    assert int(m0["uninformative"]) == 0 and int(state.step) == 1      # an informative step: momentum is set
+    new, m = step(state, flat, params)
+    results[skip] = (state, new, m)
+  state, new, m = results[True]
+  assert int(m["uninformative"]) == 1 and int(m["skipped"]) == 0
+  same = jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))), (state.params, state.opt_state,
+                      state.step), (new.params, new.opt_state, new.step))
+  assert all(jax.tree.leaves(same)), same
+  state, new, _ = results[False]
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))),
+                                       state.params, new.params))
+  assert not all(moved) and int(new.step) == 2

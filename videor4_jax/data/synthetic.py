@@ -33,8 +33,8 @@ import zlib
 
 import numpy as np
 
-from videor4_jax.data import glyphs
-from videor4_jax.data.schema import Action, Step, Trajectory, validate
+from videor4_jax.data import glyphs, teacher
+from videor4_jax.data.schema import Trajectory, validate
 
 QUESTION_TYPES = ("crop", "clip", "clip_crop")
 
@@ -90,6 +90,21 @@ class SyntheticConfig:
                     global view: mapping a colour to a grid position through relative (rotary) positions only is
                     a grounding skill a tiny model does not learn in minutes (measured: 4-6 of 23 gold boxes after
                     300 SFT steps, below chance), while it reads every gold crop it gets.
+  name_time:        flashing text occupies one of F // flash_len[1] fixed windows (frames 1-2, 3-4, ... at
+                    flash_len (2, 2)) and the question names it ("... in the second quarter?"), so the clip, like
+                    the crop box under name_position, follows from the question. Without it the tiny model did
+                    not localise the flash from the global view (README, Results: one constant clip).
+  confusable_frac:  fraction of crop questions asked about a sign with a neighbouring sign (the first distractor
+                    sits in the cell beside the target, same row) and saying so: "... at the top left, next to the
+                    blue sign?". The attribute is stated in the question, so a policy can condition on it.
+  teacher_flaw_prob: p, how often the imperfect teacher of the gold trajectories takes a wrong but plausible
+                    action on a confusable question, and answers from what that action shows (teacher.py):
+                      crop questions that name a neighbouring sign: it crops the neighbour and reads its code;
+                      clip_crop questions whose window is an inner one (name_time, >= 3 windows): it clips the
+                      adjacent window towards the nearer end of the video, crops a blank plate there and guesses.
+                    The right action stays learnable from the question; with p > 0.5 SFT learns the teacher's
+                    mixture and its greedy policy takes the wrong action, which GRPO with the accuracy reward can
+                    fix (its groups of samples contain both outcomes). 0: a flawless teacher.
   """
   num_frames: int = 8
   source_hw: tuple[int, int] = (224, 224)
@@ -113,6 +128,9 @@ class SyntheticConfig:
   text_plate: bool = False
   plate_flashes: bool = False
   name_position: bool = False
+  name_time: bool = False
+  confusable_frac: float = 0.0
+  teacher_flaw_prob: float = 0.0
 
   def __post_init__(self):
     for f in ("source_hw", "global_hw", "obs_hw", "grid", "code_len", "flash_len", "question_types"):
@@ -147,6 +165,15 @@ class SyntheticConfig:
       raise bad(f"crop_box_frac={self.crop_box_frac} must be in (0, 1]")
     if not 0.0 < self.sign_frac <= 1.0 or self.jitter_px < 0 or min(self.noise_std, self.frame_noise_std) < 0:
       raise bad(f"sign_frac={self.sign_frac} in (0,1], jitter_px={self.jitter_px} >= 0, noise_std >= 0 required")
+    if not 0.0 <= self.confusable_frac <= 1.0 or not 0.0 <= self.teacher_flaw_prob <= 1.0:
+      raise bad(f"confusable_frac={self.confusable_frac} and teacher_flaw_prob={self.teacher_flaw_prob} must be "
+                f"in [0, 1]")
+    if self.confusable_frac > 0 and (self.num_distractors < 1 or self.grid[1] < 2 or not self.name_position):
+      raise bad(f"confusable_frac={self.confusable_frac} needs a sign beside the target: num_distractors >= 1 "
+                f"(got {self.num_distractors}), grid columns >= 2 (got {self.grid}) and name_position=True")
+    if self.name_time and self.num_frames // self.flash_len[1] < 2:
+      raise bad(f"name_time needs >= 2 windows of flash_len[1]={self.flash_len[1]} frames in num_frames="
+                f"{self.num_frames}; lower flash_len")
     # Legibility: the text must need the observation (strokes < 1 px in the global view).
     scales = [("crop", self.crop_text_scale)] + [("clip", self.clip_text_scale)] * ("clip" in self.question_types)
     for name, s in scales:
@@ -182,6 +209,16 @@ class SyntheticConfig:
   @property
   def clip_text_scale(self) -> int:
     return max(1, math.ceil(self.clip_text_px * max(s / o for s, o in zip(self.source_hw, self.obs_hw)) - 1e-9))
+
+  @property
+  def num_windows(self) -> int:
+    """name_time: the number of fixed flash windows (flash_len[1] frames each, from frame 1)."""
+    return self.num_frames // self.flash_len[1]
+
+  def neighbour_cell(self, cell: int) -> int:
+    """The cell beside `cell` in its row (to the right, or to the left in the last column)."""
+    r, c = divmod(cell, self.grid[1])
+    return r * self.grid[1] + (c + 1 if c + 1 < self.grid[1] else c - 1)
 
   def cell_box(self, cell: int) -> tuple[float, float, float, float]:
     """Normalized (x1, y1, x2, y2) of grid cell `cell` (row-major)."""
@@ -288,12 +325,24 @@ def generate(cfg: SyntheticConfig, seed: int, index: int, *, split: str = "train
   colours = [str(c) for c in rng.permutation(list(PALETTE))[:n_signs]]
   codes = _draw_codes(rng, cfg, n_signs)
   target = 0  # index of the target sign in the lists above (already random through the permutations)
+  # The teacher's draws come from their own stream, so examples without flaw knobs are unchanged by them.
+  trng = np.random.default_rng([seed, zlib.crc32(split.encode()), index, 1])
+  confusable = qtype == "crop" and cfg.confusable_frac > 0 and bool(trng.random() < cfg.confusable_frac)
+  if confusable:   # the first distractor moves beside the target (swapping cells with any sign already there)
+    nb = cfg.neighbour_cell(cells[target])
+    if nb in cells:
+      cells[cells.index(nb)] = cells[1]
+    cells[1] = nb
   F = cfg.num_frames
-  flash = None
+  flash, window = None, None
   if qtype != "crop":
     n = int(rng.integers(cfg.flash_len[0], cfg.flash_len[1] + 1))
-    start = int(rng.integers(0, F - n + 1))
-    flash = set(range(start, start + n))
+    if cfg.name_time:
+      window = int(rng.integers(cfg.num_windows))
+      flash = {f - 1 for f in teacher.window_frames(window, cfg.flash_len[1])}
+    else:
+      start = int(rng.integers(0, F - n + 1))
+      flash = set(range(start, start + n))
   signs = []
   for i in range(n_signs):
     big = i == target and qtype == "clip"
@@ -307,31 +356,38 @@ def generate(cfg: SyntheticConfig, seed: int, index: int, *, split: str = "train
   pos = _position_name(cfg, cell)
   where = f" at the {pos}" if cfg.name_position else ""
   video_id = f"syn{seed}-{split}-{index:07d}"
+  flawed = False
   if qtype == "crop":
-    question = f"What is written on the {colour} sign{where}?"
+    question = f"What is written on the {colour} sign{where}"
+    question += f", next to the {colours[1]} sign?" if confusable else "?"
     frame = F // 2 + 1
-    steps = (Step(f"The {colour} sign is {pos}; too small. Crop.", Action("crop", frame=frame, bbox_2d=box)),
-             Step(f"It reads {code}.", answer=code))
+    flawed = confusable and bool(trng.random() < cfg.teacher_flaw_prob)
+    nb = cells[1]
+    steps = (teacher.crop_steps(colour, _position_name(cfg, nb), frame, cfg.gold_box(nb), codes[1]) if flawed
+             else teacher.crop_steps(colour, pos, frame, box, code))
     kind, ev_frames = "deliberate", list(range(1, F + 1))
   else:
-    question = f"What code appears briefly on the {colour} sign{where}?"
+    when = f" in the {teacher.window_name(window, cfg.num_windows)}" if cfg.name_time else ""
+    question = f"What code appears briefly on the {colour} sign{where}{when}?"
     clip_frames = tuple(sorted(f + 1 for f in flash))
     ev_frames = list(clip_frames)
     if qtype == "clip":
-      steps = (Step(f"The {colour} sign has text on a few frames. Clip.", Action("clip", frames=clip_frames)),
-               Step(f"It reads {code}.", answer=code))
-      kind = "deliberate"
+      steps, kind = teacher.clip_steps(colour, clip_frames, code), "deliberate"
     else:
-      frame = clip_frames[len(clip_frames) // 2]
-      steps = (Step(f"The {colour} sign has text on a few frames. Clip.", Action("clip", frames=clip_frames)),
-               Step(f"Text on frame {frame}, {pos}; too small. Crop.", Action("crop", frame=frame, bbox_2d=box)),
-               Step(f"It reads {code}.", answer=code))
+      wrong = teacher.flawed_window(window, cfg.num_windows) if cfg.name_time else None
+      flawed = wrong is not None and bool(trng.random() < cfg.teacher_flaw_prob)
+      if flawed:    # the clip misses the text: the crop shows a blank plate, and the teacher guesses
+        guess = next(g for g in (_draw_codes(trng, cfg, 1)[0] for _ in range(1000)) if g != code)
+        steps = teacher.clip_crop_steps(colour, pos, teacher.window_frames(wrong, cfg.flash_len[1]), box, guess)
+      else:
+        steps = teacher.clip_crop_steps(colour, pos, clip_frames, box, code)
       kind = "compositional"
   traj = Trajectory(
       qid=f"syn{seed}-{split}-{index}", video_id=video_id, question=question, answers=(code,), kind=kind,
       steps=steps,
       evidence={"question_type": qtype, "frames": ev_frames, "boxes": [list(box)], "cell": cell,
-                "colour": colour, "code": code,
+                "colour": colour, "code": code, "confusable": confusable, "teacher_flawed": flawed,
+                "window": window,
                 "distractors": [{"cell": cells[i], "colour": colours[i], "code": codes[i]}
                                 for i in range(n_signs) if i != target]})
   validate(traj, num_frames=F)

@@ -3,6 +3,8 @@
 For G rollouts o_1..o_G of one prompt with rewards R_i:
 
     A_i = (R_i - mean_j R_j) / (std_j R_j + eps)          (std_normalize=True; else A_i = R_i - mean_j R_j)
+    std_j R_j = sqrt(sum_j (R_j - mean R)^2 / (G - ddof))    (adv_std_ddof: 0 population, 1 sample)
+    A_i = 0 exactly for every row of a group whose G rewards are equal (no signal; no rounding residue)
     rho_{i,t} = exp(logp_theta(o_{i,t}) - logp_old(o_{i,t}))
     l_{i,t} = -min(rho A_i, clip(rho, 1 - eps_low, 1 + eps_high) A_i) + beta * KL_{i,t}
     KL_{i,t} = exp(ref - logp) - (ref - logp) - 1        (k3 estimator of KL[pi_theta || pi_ref], >= 0)
@@ -12,6 +14,21 @@ aggregated over the masked tokens (m = 1 on tokens the policy generated; prompt 
     seq_mean_token_mean:  mean_i ( sum_t m l / sum_t m )          (the DeepSeekMath / GRPO paper form)
     dr_grpo:              sum_{i,t} m l / (B * max_len)           (Dr. GRPO: a constant normalizer)
 Rows are grouped contiguously: row r belongs to group r // G.
+
+Advantage normalization convention: the default is the population std (ddof = 0, eps 1e-6), the form of the
+DeepSeekMath/GRPO formula as most implementations (and this project's recorded runs) compute it. TRL's
+GRPOTrainer uses the sample std (ddof = 1) plus 1e-4: `adv_std_ddof=1, adv_eps=1e-4` reproduces its advantages
+(the one difference from TRL that the project's issue 19 reports; loss and gradient agree). The two differ by the constant factor sqrt(G / (G - 1)) on every non-degenerate group (1.15 at G = 4), which
+Adam's per-parameter normalization nearly cancels; only gradient clipping and the eps terms see it.
+
+Uninformative batches (`skip_uninformative`, grpo_step in train/steps.py): when no group of the batch has reward
+variance, every advantage is 0 and the surrogate's gradient is 0; an optimizer step would still move the
+parameters (Adam's momentum, weight decay) and the KL term alone would pull towards the reference. With the
+option the step is skipped: params and optimizer state are left bitwise unchanged.
+
+Dynamic sampling (`dynamic_sampling`, DAPO): a stage draws further prompt batches (up to `max_draws` in all)
+until it holds B groups with reward variance (`dynamic_sample` below), then trains on those B groups; if the cap
+is reached first, the batch is completed with zero-variance groups and the stage logs that it was not filled.
 
 Zero-variance filtering (`filter_zero_variance`): a group whose G rewards are all equal carries no policy-gradient
 signal (every A_i = 0), only KL. Its rows get zero loss weight and are removed from every normalizer, so the loss
@@ -23,6 +40,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "dr_grpo")
 
@@ -40,6 +58,10 @@ class GRPOConfig:
   num_inner_steps: int = 1        # mu: updates per rollout batch
   temperature: float = 1.0
   max_len: int = 0                # dr_grpo constant (0: the sequence length of the batch)
+  adv_std_ddof: int = 0           # 0: population std (default, see the module docstring); 1: sample std (TRL)
+  skip_uninformative: bool = True  # no optimizer update at all on a batch without an informative group
+  dynamic_sampling: bool = False  # DAPO: draw more prompt batches until B groups have reward variance
+  max_draws: int = 4              # dynamic sampling's cap: rollout batches per step, the first included
 
   def __post_init__(self):
     if self.num_generations < 2:
@@ -52,16 +74,45 @@ class GRPOConfig:
     if self.beta < 0 or self.num_inner_steps < 1 or self.temperature <= 0:
       raise ValueError(f"beta must be >= 0, num_inner_steps >= 1, temperature > 0 (got beta={self.beta}, "
                        f"num_inner_steps={self.num_inner_steps}, temperature={self.temperature})")
+    if self.adv_std_ddof not in (0, 1):
+      raise ValueError(f"adv_std_ddof={self.adv_std_ddof}: 0 (population std) or 1 (sample std, TRL's convention)")
+    if self.max_draws < 1:
+      raise ValueError(f"max_draws={self.max_draws} must be >= 1 (rollout batches per step with dynamic_sampling)")
     if self.adv_eps <= 0 or self.max_len < 0:
       raise ValueError(f"adv_eps must be > 0 and max_len >= 0 (got adv_eps={self.adv_eps}, max_len={self.max_len})")
 
 
-def group_advantages(rewards_b, group_size: int, *, std_normalize: bool = True, eps: float = 1e-6):
-  r = rewards_b.reshape(-1, group_size)
+def group_advantages(rewards_b, group_size: int, *, std_normalize: bool = True, eps: float = 1e-6, ddof: int = 0):
+  """`[B]` advantages of `[B]` rewards in contiguous groups of `group_size` (formula in the module docstring)."""
+  r = jnp.asarray(rewards_b).reshape(-1, group_size)
   centered = r - r.mean(axis=1, keepdims=True)
   if std_normalize:
-    centered = centered / (r.std(axis=1, keepdims=True) + eps)
-  return centered.reshape(-1)
+    centered = centered / (r.std(axis=1, keepdims=True, ddof=ddof) + eps)
+  flat = jnp.all(r == r[:, :1], axis=1, keepdims=True)
+  return jnp.where(flat, 0.0, centered).reshape(-1)
+
+
+def dynamic_sample(draw, num_groups: int, max_draws: int):
+  """DAPO's dynamic sampling, host side. `draw(d)` rolls out prompt batch d (d = 0, 1, ...) and returns `[num_groups]`
+  bool: which of its groups have reward variance. Draws until `num_groups` informative groups are held or
+  `max_draws` batches were drawn. Returns `(picked, stats)`: `picked` lists `num_groups` (draw, group) pairs, the
+  informative ones first in draw order (surplus ones dropped), then, if the cap was reached, zero-variance groups
+  of the earliest draws; `stats` = draws, drawn_groups, informative_groups (over every draw), filled (informative
+  groups picked) and capped (True when the cap stopped the sampling before the batch was full)."""
+  seen, picked = [], []
+  for d in range(max_draws):
+    informative = np.asarray(draw(d), bool)
+    if informative.shape != (num_groups,):
+      raise ValueError(f"dynamic_sample: draw({d}) returned shape {informative.shape}; expected ({num_groups},)")
+    seen.append(informative)
+    picked += [(d, int(g)) for g in np.flatnonzero(informative)][:num_groups - len(picked)]
+    if len(picked) == num_groups:
+      break
+  filled = len(picked)
+  picked += [(d, int(g)) for d, inf in enumerate(seen) for g in np.flatnonzero(~inf)][:num_groups - filled]
+  return picked, dict(draws=len(seen), drawn_groups=num_groups * len(seen),
+                      informative_groups=int(sum(inf.sum() for inf in seen)), filled=filled,
+                      capped=filled < num_groups)
 
 
 def zero_variance_groups(rewards_b, group_size: int):

@@ -71,8 +71,53 @@ def kl_reference(runner, stage: str, state, start_step: int):
         f"that wrote the checkpoint, or start the run in a new workdir") from None
 
 
-def run_grpo(runner, stage: str, state, start_step: int):
+_INPUTS = ("input_ids", "attention_mask", "pixel_values_videos", "video_grid_thw", "source_frames")
+
+
+def _row_axis(key: str) -> int:
+  return 1 if key == "positions" else 0      # M-RoPE positions are [3, B, S]
+
+
+@jax.jit
+def _take_rows(batches, rows):
+  """The rows `rows` of the row-wise concatenation of `batches` (a list of dicts of arrays)."""
+  return {k: jnp.take(jnp.concatenate([b[k] for b in batches], _row_axis(k)), rows, axis=_row_axis(k))
+          for k in batches[0]}
+
+
+def _draw(runner, stage, state, it, roll, key):
+  """Roll out one prompt batch and score it: (train batch dict, reward terms, host metrics)."""
   cfg, gcfg, rcfg = runner.cfg, runner.gcfg, runner.reward_cfgs[stage]
+  G, s = gcfg.num_generations, cfg.stages[stage]
+  batch = next(it)
+  with jax.set_mesh(runner.mesh):
+    traj = roll(state.params, runner._shard({k: batch[k] for k in _INPUTS}, s.batch_size), key)
+  # The text rewards are computed on the host, for the whole global batch, identically in every process.
+  host, answers = distributed.to_host((traj, runner._shard(
+      {k: batch[k] for k in ("answers", "num_answers")}, s.batch_size)))
+  rows = host.tokens.shape[0]
+  finals = [final_segment(runner.tok.decode(host.tokens[i][host.loss_mask[i] > 0])) for i in range(rows)]
+  golds = [decode_strings(answers["answers"][i // G], int(answers["num_answers"][i // G])) for i in range(rows)]
+  errors = np.where(host.actions.called, host.actions.error, 0)
+  acc, fmt, _ = rewards.score_texts(rcfg, finals, golds, errors)
+  n_actions = jnp.asarray(host.actions.called.sum(1))
+  terms = rewards.total_reward(rcfg, acc_b=acc, fmt_b=fmt, region_feats=traj.region_feats,
+                               region_mask=traj.region_mask, video_feats=traj.video_feats,
+                               last_clip=traj.last_clip_groups, num_actions_b=n_actions, group_size=G)
+  adv = grpo.group_advantages(terms["total"], G, std_normalize=gcfg.std_normalize, eps=gcfg.adv_eps,
+                              ddof=gcfg.adv_std_ddof)
+  zero_var = grpo.zero_variance_groups(terms["total"], G)
+  b = dict(tokens=traj.tokens, positions=traj.positions, valid=traj.valid, mm_types=traj.mm_types,
+           loss_mask=traj.loss_mask * ~traj.forced, video_pixels=traj.video_pixels, video_grid=traj.video_grid,
+           obs_pixels=traj.obs_pixels, obs_grid=traj.obs_grid, logp=traj.logp, advantages=adv, keep=~zero_var)
+  called = host.actions.called
+  hm = dict(called=np.asarray(called.sum(1)), errors=np.asarray((errors != 0).sum(1)),
+            generated=np.asarray(host.num_generated))
+  return b, terms, hm
+
+
+def run_grpo(runner, stage: str, state, start_step: int):
+  cfg, gcfg = runner.cfg, runner.gcfg
   G = gcfg.num_generations
   s = cfg.stages[stage]
   roll = make_rollout_fn(runner.env, num_generations=G, temperature=gcfg.temperature)
@@ -81,29 +126,29 @@ def run_grpo(runner, stage: str, state, start_step: int):
   ref_params = kl_reference(runner, stage, state, start_step)
   for step in range(start_step, s.steps):
     t0 = time.time()
-    batch = next(it)
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values_videos", "video_grid_thw",
-                                    "source_frames")}
     key = jax.random.fold_in(jax.random.key(cfg.seed), runner.global_step)
-    with jax.set_mesh(runner.mesh):
-      traj = roll(state.params, runner._shard(inputs, s.batch_size), key)
-    # The text rewards are computed on the host, for the whole global batch, identically in every process.
-    host, answers = distributed.to_host((traj, runner._shard(
-        {k: batch[k] for k in ("answers", "num_answers")}, s.batch_size)))
-    rows = host.tokens.shape[0]
-    finals = [final_segment(runner.tok.decode(host.tokens[i][host.loss_mask[i] > 0])) for i in range(rows)]
-    golds = [decode_strings(answers["answers"][i // G], int(answers["num_answers"][i // G])) for i in range(rows)]
-    errors = np.where(host.actions.called, host.actions.error, 0)
-    acc, fmt, _ = rewards.score_texts(rcfg, finals, golds, errors)
-    n_actions = jnp.asarray(host.actions.called.sum(1))
-    terms = rewards.total_reward(rcfg, acc_b=acc, fmt_b=fmt, region_feats=traj.region_feats,
-                                 region_mask=traj.region_mask, video_feats=traj.video_feats,
-                                 last_clip=traj.last_clip_groups, num_actions_b=n_actions, group_size=G)
-    adv = grpo.group_advantages(terms["total"], G, std_normalize=gcfg.std_normalize, eps=gcfg.adv_eps)
-    zero_var = grpo.zero_variance_groups(terms["total"], G)
-    b = dict(tokens=traj.tokens, positions=traj.positions, valid=traj.valid, mm_types=traj.mm_types,
-             loss_mask=traj.loss_mask * ~traj.forced, video_pixels=traj.video_pixels, video_grid=traj.video_grid,
-             obs_pixels=traj.obs_pixels, obs_grid=traj.obs_grid, logp=traj.logp, advantages=adv, keep=~zero_var)
+    draws = []
+
+    def draw(d):
+      draws.append(_draw(runner, stage, state, it, roll, key if d == 0 else jax.random.fold_in(key, d)))
+      return np.asarray(distributed.to_host(draws[-1][0]["keep"])).reshape(-1, G)[:, 0]   # keep: variance > 0
+
+    picked, ds = grpo.dynamic_sample(draw, s.batch_size, gcfg.max_draws if gcfg.dynamic_sampling else 1)
+    if ds["draws"] == 1:
+      b, terms, hm = draws[0]
+    else:      # the picked groups' rows, in the order picked
+      rows = np.asarray([(d * s.batch_size + g) * G + j for d, g in picked for j in range(G)])
+      with jax.set_mesh(runner.mesh):
+        b, terms = _take_rows([d[0] for d in draws], rows), _take_rows([d[1] for d in draws], rows)
+      hm = {k: np.concatenate([d[2][k] for d in draws])[rows] for k in draws[0][2]}
+      if ds["capped"]:
+        print(f"{stage} step {step}: dynamic sampling stopped at its cap of {ds['draws']} rollout batches with "
+              f"{ds['filled']} of {s.batch_size} informative groups; the rest of the batch has zero variance",
+              flush=True)
+    keep_groups = np.asarray(distributed.to_host(b["keep"])).reshape(-1, G)[:, 0]
+    if int(keep_groups.sum()) != ds["filled"]:      # the picked rows must be the groups dynamic_sample counted
+      raise RuntimeError(f"{stage} step {step}: the batch holds {int(keep_groups.sum())} informative groups, "
+                         f"dynamic sampling picked {ds['filled']}")
     for _ in range(gcfg.num_inner_steps):
       with jax.set_mesh(runner.mesh):
         state, m = step_fn(state, b, ref_params)
@@ -111,13 +156,13 @@ def run_grpo(runner, stage: str, state, start_step: int):
       runner._warn_if_skipped(stage, step, jax.device_get(m))
     m = {k: float(v) for k, v in jax.device_get(m).items()}
     m.update({f"reward/{k}": float(jnp.mean(v)) for k, v in terms.items()})
-    called = host.actions.called
-    m.update(rumination_rate=float((called.sum(1) > 0).mean()), actions_per_rollout=float(called.sum(1).mean()),
-             invalid_action_rate=float((errors != 0).sum() / max(called.sum(), 1)),
-             zero_variance_frac=float(np.mean(distributed.to_host(zero_var))),
-             tokens_per_s=float(host.num_generated.sum()) / max(time.time() - t0, 1e-6))
-    if step % cfg.log_every == 0 or step == s.steps - 1:
-      runner.writer.write(runner.global_step, m, prefix=f"{stage}/")
+    m.update(rumination_rate=float((hm["called"] > 0).mean()), actions_per_rollout=float(hm["called"].mean()),
+             invalid_action_rate=float(hm["errors"].sum() / max(hm["called"].sum(), 1)),
+             zero_variance_frac=float(np.mean(~np.asarray(distributed.to_host(b["keep"])))),
+             informative_frac=ds["informative_groups"] / ds["drawn_groups"], sampling_draws=ds["draws"],
+             tokens_per_s=float(sum(d[2]["generated"].sum() for d in draws)) / max(time.time() - t0, 1e-6))
+    # Every GRPO step is logged (a step is seconds of rollout; the reward curve of learning.png reads them).
+    runner.writer.write(runner.global_step, m, prefix=f"{stage}/")
     runner.global_step += 1
     runner._maybe_save(stage, step + 1, state, it)
   return state

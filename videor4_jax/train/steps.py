@@ -72,6 +72,11 @@ def grpo_step(config, gcfg: grpo.GRPOConfig, state: TrainState, batch, ref_param
   batch: the trajectory fields of `sequence_hidden` plus `loss_mask`, `logp` (behaviour log-probs recorded by
   the rollout) and `advantages [B]`; optional `keep [B]` bool (rows outside zero-variance groups), used when
   `gcfg.filter_zero_variance`.
+
+  The batch is informative when some group has reward variance: any(keep), or without `keep` any advantage != 0
+  (rl.grpo.group_advantages gives exactly 0 to zero-variance groups). With `gcfg.skip_uninformative`, an
+  uninformative batch (or a non-finite loss) leaves params, optimizer state and step bitwise unchanged: no
+  momentum step, no weight decay, no KL-only step. metrics["uninformative"] = 1 marks such a batch.
   """
   mask = batch["loss_mask"].astype(jnp.float32)
   keep = None
@@ -89,7 +94,11 @@ def grpo_step(config, gcfg: grpo.GRPOConfig, state: TrainState, batch, ref_param
                           eps_low=gcfg.eps_low, eps_high=gcfg.eps_high, aggregation=gcfg.aggregation,
                           max_len=gcfg.max_len, keep_b=keep)
 
+  informative = jnp.any(batch["keep"]) if "keep" in batch else jnp.any(batch["advantages"] != 0)
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads)
-  state, ok = _skip_if_nonfinite(state, new_state, loss)
-  return state, dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), skipped=(~ok).astype(jnp.int32))
+  ok = jnp.isfinite(loss)
+  update = ok & informative if gcfg.skip_uninformative else ok
+  state = jax.tree.map(lambda a, b: jnp.where(update, b, a), state, new_state)
+  return state, dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), skipped=(~ok).astype(jnp.int32),
+                     uninformative=(~informative).astype(jnp.int32))
