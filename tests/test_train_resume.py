@@ -57,7 +57,6 @@ def cfg(data_dir):
 
 
 def test_interrupted_run_resumes_to_identical_metrics(cfg, tmp_path):
-
   source_fn = make_source_fn(cfg.data)
   straight = Runner(cfg, str(tmp_path / "a"), source_fn).run()
   crashes = []
