@@ -100,6 +100,8 @@ def test_processor_reads_the_directory(qwen_dir, tmp_path):
   # transformers' video processor falls back to preprocessor_config.json: min 3136, max 12845056 px.
   assert (p.vision.video_min_pixels, p.vision.video_max_pixels) == (3136, 12845056)
   assert p.vision.video_frame_hw(224, 224) == (224, 224)    # -> 4 groups x 64 = 256 tokens for 8 frames
+  with pytest.raises(ValueError, match=r"video_max_pixels=12845056 .* 262144 patches"):   # a 1.1 GiB static input
+    RlFeaturizer(_pcfg(), p)
   with open(f"{qwen_dir}/chat_template.json") as f:
     assert p.chat_template == json.load(f)["chat_template"]
   d = tmp_path / "with_video_cfg"
@@ -113,6 +115,12 @@ def test_processor_reads_the_directory(qwen_dir, tmp_path):
     Processor.from_dir(str(d))
 
 
+def _processor(qwen_dir):
+  """The directory's processor. Its max_pixels (12845056) would make the static video input 1.1 GiB per row, which
+  the featurizers refuse; 224x224 frames are within both bounds, so capping at 224 * 224 changes no result here."""
+  return Processor.from_dir(qwen_dir, vision_overrides={"video_max_pixels": 224 * 224})
+
+
 def _pcfg(**kw):
   return pipeline.PipelineConfig(**{**dict(batch_size=1, num_frames=8, source_hw=(224, 224), max_prompt_tokens=512,
                                            max_seq_tokens=1024, obs_hw=(56, 56), max_observations=2,
@@ -121,7 +129,7 @@ def _pcfg(**kw):
 
 def test_video_prompt_equals_hf(qwen_dir, hf):
   hf_tok, hf_image = hf
-  proc = Processor.from_dir(qwen_dir)
+  proc = _processor(qwen_dir)
   frames = _video()
   row = {"qid": "q1", "question": QUESTION, "answers": ["7"], "video": encode_mp4(frames)}
   out = RlFeaturizer(_pcfg(), proc).map(row)
@@ -145,7 +153,7 @@ def test_sft_conversation_equals_hf(qwen_dir, hf):
   from videor4_jax.rumination.observation import execute_host
   from videor4_jax.model.config import ModelConfig
   hf_tok, hf_image = hf
-  proc = Processor.from_dir(qwen_dir)
+  proc = _processor(qwen_dir)
   frames = _video(1)
   crop = {"name": "crop", "frame": 3, "bbox_2d": [0.12, 0.6, 0.55, 0.8]}
   clip = {"name": "clip", "frames": [4, 5, 6]}

@@ -83,6 +83,8 @@ def _jitted_positions():
 
 
 QUESTION_BYTES = 256   # the question text travels with RL/eval batches (traces and reports)
+MAX_VIDEO_ROW_BYTES = 1 << 30   # a bigger static video input per row is a setting mistake (a real directory's
+#                                 default max_pixels, 12845056, gives 262144 patches = 1.2 GiB for 8 frames)
 
 
 class _VideoPrompt:
@@ -95,6 +97,13 @@ class _VideoPrompt:
   def __init__(self, cfg: PipelineConfig, processor):
     self.cfg, self.processor = cfg, processor
     self.max_video_patches = processor.vision.max_video_patches(cfg.num_frames)
+    row_bytes = self.max_video_patches * 3 * processor.vision.temporal_patch_size * processor.vision.patch_size ** 2 * 4
+    if row_bytes > MAX_VIDEO_ROW_BYTES:
+      v = processor.vision
+      raise ValueError(f"the processor's video_max_pixels={v.video_max_pixels} ({processor.source}) with "
+                       f"num_frames={cfg.num_frames} makes a static video input of {self.max_video_patches} patches "
+                       f"({row_bytes / 2**30:.1f} GiB per row); set --config.processor.video_max_pixels (e.g. "
+                       f"{224 * 224} for 224x224 frames)")
 
   @property
   def tok(self):
