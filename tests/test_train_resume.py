@@ -93,6 +93,7 @@ def test_mid_grpo_resume_keeps_the_stage_start_kl_reference(data_dir, tmp_path, 
   c = small_config(data_dir, rl_d=3)
   c.curriculum, c.grpo.beta, c.checkpoint_every = "rl_d", 0.04, 1
   c.stages.rl_d.warmup_steps = 0     # update 0 must move the policy away from the reference
+  c.grpo.skip_uninformative = False  # ... even on a batch without reward variance (likely at random init)
   want, got, out = _straight_crash_resume(c, tmp_path, 2, capsys)    # saved after rl_d step 1, dies after step 2
   assert "resuming at stage 'rl_d' step 1 (global step 1)" in out
   assert want[(1, "rl_d/kl")] > 0 and want[(0, "rl_d/kl")] == 0     # step 0 is the reference itself
