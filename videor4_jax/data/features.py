@@ -150,6 +150,14 @@ class RlFeaturizer(_VideoPrompt, grain.transforms.Map):
     return out
 
 
+def check_observation_shapes(pcfg: PipelineConfig, rollout) -> None:
+  """SFT observations (pipeline) and rollout observations must have one shape, or SFT teaches other pixels."""
+  for name in ("obs_hw", "max_clip_frames"):
+    if tuple(np.atleast_1d(getattr(pcfg, name))) != tuple(np.atleast_1d(getattr(rollout, name))):
+      raise ValueError(f"config.pipeline.{name}={getattr(pcfg, name)} != config.rollout.{name}="
+                       f"{getattr(rollout, name)}: SFT observations must match the rollout's; set both alike")
+
+
 class SftFeaturizer(_VideoPrompt, grain.transforms.Map):
   """Row with a gold trajectory -> a teacher-forced conversation in the rollout's slot layout (train/forward.py):
   tokens, positions [3, S], valid, mm_types, loss_mask [S]; video_pixels, video_grid; obs_pixels [O, No, 1176],
@@ -160,10 +168,7 @@ class SftFeaturizer(_VideoPrompt, grain.transforms.Map):
 
   def __init__(self, cfg: PipelineConfig, processor, rollout, model_config):
     super().__init__(cfg, processor)
-    for name in ("obs_hw", "max_clip_frames"):
-      if tuple(np.atleast_1d(getattr(cfg, name))) != tuple(np.atleast_1d(getattr(rollout, name))):
-        raise ValueError(f"pipeline.{name}={getattr(cfg, name)} != rollout.{name}={getattr(rollout, name)}: SFT "
-                         "observations must match the rollout's; set both alike")
+    check_observation_shapes(cfg, rollout)
     self.rollout, self.model_config = rollout, model_config
 
   def map(self, row: dict) -> dict[str, np.ndarray]:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from videor4_jax.data import pipeline, schema
-from videor4_jax.data.features import RlFeaturizer, SftFeaturizer
+from videor4_jax.data.features import RlFeaturizer, SftFeaturizer, check_observation_shapes
 from videor4_jax.eval.loop import evaluate
 from videor4_jax.model import vlm
 from videor4_jax.convert import resolve
@@ -46,14 +46,6 @@ class Subset:
 
   def __getitem__(self, i):
     return self.source[self.indices[i]]
-
-
-def _check_observation_shapes(pcfg, rcfg):
-  """SFT observations (pipeline) and rollout observations must have one shape, or SFT teaches other pixels."""
-  for name in ("obs_hw", "max_clip_frames"):
-    if tuple(np.atleast_1d(getattr(pcfg, name))) != tuple(np.atleast_1d(getattr(rcfg, name))):
-      raise ValueError(f"config.pipeline.{name}={getattr(pcfg, name)} != config.rollout.{name}="
-                       f"{getattr(rcfg, name)}: SFT observations must match the rollout's; set both alike")
 
 
 def validate_curriculum(cfg):
@@ -108,7 +100,7 @@ class Runner:
       self._optimizer(stage)
     self.rollout_cfg = RolloutConfig(**cfg.rollout.to_dict())
     self.pcfg = pipeline.PipelineConfig(**cfg.pipeline.to_dict())
-    _check_observation_shapes(self.pcfg, self.rollout_cfg)
+    check_observation_shapes(self.pcfg, self.rollout_cfg)
     resolve.check_compatible(self.config, self.processor, self.rollout_cfg)
     self.env = make_env(self.config, self.rollout_cfg, self.tok, self.pcfg.num_frames)
     self.source_fn = source_fn
