@@ -128,6 +128,7 @@ def test_train_eval_export_on_a_real_format_checkpoint(real_ckpt, tmp_path):
     ("model.text.hidden_size", 128, "hidden_size"),
     ("model.text.rope_theta", 10000.0, "1000000.0"),
     ("model.image_token_id", 7, "image_token_id"),
+    ("tokenizer", "tiny", "tokenizer"),
 ])
 def test_explicit_model_values_that_disagree_with_the_checkpoint_are_errors(qwen_tokenizer_dir, tmp_path, key,
                                                                             value, names):

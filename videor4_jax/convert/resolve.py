@@ -41,6 +41,9 @@ def processor_dir(cfg, checkpoint: str | None = None) -> str | None:
 
 def make_processor(cfg, checkpoint: str | None = None, explicit=()) -> Processor:
   directory = processor_dir(cfg, checkpoint)
+  if directory is not None and "tokenizer" in explicit and cfg.get("tokenizer") == "tiny":
+    raise ConfigMismatch(f"--config.tokenizer='tiny' but the checkpoint {directory} brings its own tokenizer; "
+                         "drop the flag (the tiny tokenizer's ids do not fit a real checkpoint)")
   run_vision = dict(cfg.get("processor", None) or {})
   if directory is None:
     return Processor.from_config(run_vision, system_prompt=system_prompt(cfg))
