@@ -117,7 +117,7 @@ def test_aot_exits_nonzero_when_something_does_not_fit(monkeypatch, tmp_path):
   assert g.peak_bytes == 16 and not g.fits
   sys.path.insert(0, ROOT)
   import train
-  monkeypatch.setattr(aot, "compile_run", lambda cfg, topology, explicit: dict(graphs=[g], fits=False))
+  monkeypatch.setattr(aot, "compile_run", lambda cfg, topology, explicit, graphs: dict(graphs=[g], fits=False))
   with pytest.raises(SystemExit) as e:
     train.aot_check(None, str(tmp_path), "v5p:2x2x4", set())
   assert e.value.code == 1 and os.path.isfile(tmp_path / "aot_v5p_2x2x4.json")

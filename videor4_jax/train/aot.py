@@ -50,6 +50,7 @@ class GraphReport:
   resident_bytes: int
   hbm_bytes: int | None
   compile_s: float
+  error: str = ""         # XLA's out-of-memory message when it refused to compile the program
 
   @property
   def peak_bytes(self) -> int:
@@ -57,7 +58,7 @@ class GraphReport:
 
   @property
   def fits(self) -> bool:
-    return self.hbm_bytes is None or self.peak_bytes <= self.hbm_bytes
+    return not self.error and (self.hbm_bytes is None or self.peak_bytes <= self.hbm_bytes)
 
 
 def topology_devices(topology: str):
@@ -132,8 +133,14 @@ def abstract_run(cfg, devices, explicit=()) -> AbstractRun:
 
 def _compile(run: AbstractRun, fn, args, name, stages, hbm, resident=0) -> GraphReport:
   t0 = time.perf_counter()
-  with jax.set_mesh(run.mesh):
-    compiled = fn.lower(*args).compile()
+  try:
+    with jax.set_mesh(run.mesh):
+      compiled = fn.lower(*args).compile()
+  except Exception as e:      # XLA refuses a program whose temporaries exceed HBM: that is a "does not fit"
+    if "RESOURCE_EXHAUSTED" not in str(e) or hbm is None:
+      raise
+    return GraphReport(name, list(stages), device_bytes(args), 0, 0, 0, resident, hbm,
+                       round(time.perf_counter() - t0, 1), error=str(e).splitlines()[0][:500])
   mem = compiled.memory_analysis()
   get = lambda k: int(getattr(mem, f"{k}_size_in_bytes", 0) or 0)
   return GraphReport(name, list(stages), get("argument"), get("output"), get("alias"), get("temp"), resident, hbm,
@@ -213,8 +220,11 @@ def roofline_times(run: AbstractRun, chip: str, n_dev: int) -> dict:
   return out
 
 
-def compile_run(cfg, topology: str, explicit=()) -> dict:
-  """Compiles every function of the run for `topology`; returns {"graphs": [GraphReport], "roofline", "fits"}."""
+def compile_run(cfg, topology: str, explicit=(), graphs: str = "all") -> dict:
+  """Compiles every function of the run for `topology` (or those named in `graphs`: "sft_step,rollout,grpo_step,
+  eval_rollout"); returns {"graphs": [GraphReport], "roofline", "fits"}."""
+  wanted = None if graphs == "all" else set(graphs.split(","))
+  want = lambda name: wanted is None or name in wanted
   devices, chip, hbm = topology_devices(topology)
   run = abstract_run(cfg, devices, explicit)
   print(f"[aot] {topology}: {len(devices)} x {devices[0].device_kind}, mesh {dict(run.mesh.shape)}, "
@@ -232,7 +242,7 @@ def compile_run(cfg, topology: str, explicit=()) -> dict:
     if s.kind == "sft":
       state, batch = _sft_args(run, stage)
       seen[key] = [_compile(run, jax.jit(functools.partial(sft_step, run.config)), (state, batch), "sft_step",
-                            [stage], hbm)]
+                            [stage], hbm)] if want("sft_step") else []
     else:
       gcfg = grpo_stage.grpo_config(cfg)
       ref = run.params if gcfg.beta > 0 else None
@@ -241,12 +251,12 @@ def compile_run(cfg, topology: str, explicit=()) -> dict:
       args = _rollout_args(run, s.batch_size)
       batch = _grpo_batch(run, jax.eval_shape(roll, *args))
       step = jax.jit(functools.partial(grpo_step, run.config, gcfg))
-      seen[key] = [_compile(run, roll, args, "rollout", [stage], hbm, resident),
-                   _compile(run, step, (state, batch, ref), "grpo_step", [stage], hbm)]
+      seen[key] = ([_compile(run, roll, args, "rollout", [stage], hbm, resident)] if want("rollout") else []) + \
+                  ([_compile(run, step, (state, batch, ref), "grpo_step", [stage], hbm)] if want("grpo_step") else [])
     reports += seen[key]
     for r in seen[key]:
       _print(r)
-  if cfg.eval.num_examples:
+  if cfg.eval.num_examples and want("eval_rollout"):
     ev = _compile(run, make_rollout_fn(run.env, greedy=True), _rollout_args(run, cfg.eval.batch_size, True),
                   "eval_rollout", ["eval"], hbm, device_bytes(last_state.opt_state))
     reports.append(ev)
@@ -265,6 +275,9 @@ def compile_run(cfg, topology: str, explicit=()) -> dict:
 
 def _print(r: GraphReport) -> None:
   gib = lambda b: b / 2**30
+  if r.error:
+    print(f"[aot] {r.graph:<12} {','.join(r.stages):<16} DOES NOT FIT: {r.error}", flush=True)
+    return
   bound = f" of {gib(r.hbm_bytes):.1f}" if r.hbm_bytes else ""
   print(f"[aot] {r.graph:<12} {','.join(r.stages):<16} {gib(r.peak_bytes):7.2f}{bound} GiB/chip "
         f"(arguments {gib(r.argument_bytes):.2f}, outputs {gib(r.output_bytes - r.alias_bytes):.2f}, "
