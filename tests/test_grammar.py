@@ -42,7 +42,7 @@ def _walker(name):
       t, v = x
       ok = g.allowed_tokens(auto, state[None], tok.vocab_size)[0, t]
       return jnp.where(v, g.step(auto, state[None], t[None])[0], state), ok | ~v
-    final, oks = jax.lax.scan(body, jnp.int32(g.FREE), (tokens, valid))
+    final, oks = jax.lax.scan(body, jnp.int32(g.OUTSIDE_CALL), (tokens, valid))
     return jnp.all(oks), g.accepts(auto, final[None])[0], g.parse_tokens(auto, tokens, valid, num_frames=NUM_FRAMES)
   return walk
 

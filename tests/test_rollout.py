@@ -31,7 +31,7 @@ def reference_rollout(tok, config, params, env, prompts, key, *, greedy, tempera
     item_embeds = [encode(params, items[0][1], items[0][2])]
     generated = []
     for step in range(rc.max_steps):
-      gstate, step_tokens, stop = jnp.array([grammar.FREE]), [], None
+      gstate, step_tokens, stop = jnp.array([grammar.OUTSIDE_CALL]), [], None
       for t in range(rc.max_step_tokens):
         n_tok = len(ids)
         arr = np.full((1, S), tok.pad_id, np.int64)
@@ -60,7 +60,7 @@ def reference_rollout(tok, config, params, env, prompts, key, *, greedy, tempera
         if bool(env.grammar_accepts(new_state)[0]):
           stop = "call"
           break
-        if tok_id == tok.im_end_id and int(gstate[0]) == grammar.FREE:
+        if tok_id == tok.im_end_id and int(gstate[0]) == grammar.OUTSIDE_CALL:
           stop = "answer"
           break
         gstate = new_state

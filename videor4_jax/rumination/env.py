@@ -65,7 +65,7 @@ class RuminationEnv:
   # ---- grammar ---------------------------------------------------------------------------------------------------
   def allowed_tokens(self, gstate_b):
     auto = grammar.allowed_tokens(self.automaton, gstate_b, self.free_mask.shape[0])
-    return jnp.where((gstate_b == grammar.FREE)[:, None], jnp.asarray(self.free_mask)[None], auto)
+    return jnp.where((gstate_b == grammar.OUTSIDE_CALL)[:, None], jnp.asarray(self.free_mask)[None], auto)
 
   def advance_grammar(self, gstate_b, tok_b):
     return grammar.step(self.automaton, gstate_b, tok_b)
