@@ -11,7 +11,7 @@ from videor4_jax.model import rope_index, vlm
 from videor4_jax.processing import chat, grammar
 from videor4_jax.rumination import pixel_ops
 from videor4_jax.rumination.config import RolloutConfig
-from videor4_jax.rumination.rollout import _row_keys, make_rollout_fn
+from videor4_jax.rumination.rollout import row_keys, make_rollout_fn
 from videor4_jax.rumination.sampling import sample_next
 from videor4_jax.train.forward import sequence_hidden
 
@@ -50,7 +50,7 @@ def reference_rollout(tok, config, params, env, prompts, key, *, greedy, tempera
                                            attention_mask=valid.astype(np.int64))
         h = fwd(params, x, jnp.asarray(pos), jnp.asarray(valid))
         logits = vlm.logits(config, params, h[:, n_tok - 1])
-        k = _row_keys(key, step, t, prompts["input_ids"].shape[0])[row]
+        k = row_keys(key, step, t, prompts["input_ids"].shape[0])[row]
         tok_, _ = sample_next(k, logits, env.allowed_tokens(gstate), temperature=temperature, greedy=greedy)
         tok_id = int(tok_[0])
         new_state = env.advance_grammar(gstate, tok_)
