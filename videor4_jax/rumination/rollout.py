@@ -16,18 +16,16 @@ change when the other rows of the batch change. The rollout counts its own work 
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import weakref
-from typing import Callable
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 
 from videor4_jax.model.vlm import KVCache
 from videor4_jax.processing.grammar import OUTSIDE_CALL
 from videor4_jax.rumination import env as env_lib
+from videor4_jax.rumination.rollout_state import Context, ObservationTurns, Record, RolloutState, Segment, StepRecord
 from videor4_jax.rumination.sampling import sample_next
 from videor4_jax.rumination.trajectory import Actions, RolloutWork, Trajectory
 
@@ -50,73 +48,6 @@ def may_need_wide_observation(kind, num_frames):
   """Calls whose outcome may hold more than one frame group (pixel_ops.clip pairs frames into groups): clips of
   more than 2 frames. Every other outcome fits `templates.length_upto(1)` slots. numpy or jax arrays."""
   return (kind == env_lib.KIND_CLIP) & (num_frames > 2)
-
-
-# ---- typed state ---------------------------------------------------------------------------------------------------
-@flax.struct.dataclass
-class Record:
-  """The conversation so far by KV-cache slot (the Trajectory's slot fields)."""
-  tokens_bs: jax.Array       # int32
-  positions_3bs: jax.Array   # int32 M-RoPE (t, h, w)
-  valid_bs: jax.Array        # bool
-  loss_mask_bs: jax.Array    # float32: 1 on sampled tokens
-  logp_bs: jax.Array         # float32: log-prob of the sampled token (sampling.py)
-  forced_bs: jax.Array       # bool: the grammar allowed one token only
-  mm_types_bs: jax.Array     # int32: 0 text, 1 image, 2 video
-
-
-@flax.struct.dataclass
-class RolloutState:
-  """What one rumination step hands the next."""
-  cache: KVCache             # [B, S] slots
-  record: Record
-  write_b: jax.Array         # int32: the row's next free slot
-  counter_b: jax.Array       # int32: the row's next M-RoPE position
-  logits_bv: jax.Array       # float32: logits of the row's next token
-  done_b: jax.Array          # bool: answered, failed or cut; the row computes masked from here on
-  answered_b: jax.Array      # bool
-  last_clip_bg: jax.Array    # bool: global-view groups of the row's last executed clip
-  num_generated_b: jax.Array  # int32
-
-
-@flax.struct.dataclass
-class Segment:
-  """The decode segment's loop carry: the decoding part of the state plus this step's tokens and stops."""
-  t: jax.Array               # int32 []: iterations so far
-  cache: KVCache
-  record: Record
-  logits_bv: jax.Array
-  write_b: jax.Array
-  counter_b: jax.Array
-  active_b: jax.Array        # bool: decoding (not stopped in this segment, not done before it)
-  gstate_b: jax.Array        # int32 grammar state (processing/grammar.py)
-  stop_b: jax.Array          # int32 STOP_*
-  step_tokens_bt: jax.Array  # int32: the tokens of this step (env.parse_action reads them)
-  step_len_b: jax.Array      # int32
-  token_rows: jax.Array      # int32 []: work count, rows the decoder computed
-
-
-@flax.struct.dataclass
-class ObservationTurns:
-  """The observation turns' loop carry: cache and logits after the turns, env.observe's outputs per row (zero for
-  rows that did not call), work counts."""
-  cache: KVCache
-  logits_bv: jax.Array
-  obs: dict
-  token_rows: jax.Array      # int32 []
-  patches: jax.Array         # int32 []
-
-
-@dataclasses.dataclass(frozen=True)
-class Context:
-  """What every phase of one traced rollout reads (trace-time only: params and key are tracers)."""
-  env: env_lib.RuminationEnv
-  params: dict
-  key: jax.Array
-  sample: Callable           # sampling.sample_next with the rollout's settings
-  rows: int                  # B = prompts x generations
-  chunk_k: int               # chunk_rows(B, compact_rows)
-  source_frames_b: jax.Array  # [B, F, H, W, 3] uint8
 
 
 # ---- entry points --------------------------------------------------------------------------------------------------
@@ -204,38 +135,13 @@ def prefill_prompts(env: env_lib.RuminationEnv, params, prompts: dict, num_gener
 
 
 # ---- one rumination step -------------------------------------------------------------------------------------------
-@flax.struct.dataclass
-class StepRecord:
-  """What a step leaves for the trajectory (the scan stacks each field to `[R, ...]`)."""
-  actions: Actions           # fields [B, ...]
-  obs_pixels_bnp: jax.Array
-  obs_grid_b3: jax.Array
-  obs_valid_b: jax.Array
-  region_feat_bd: jax.Array
-  region_mask_b: jax.Array
-  decoding_rows: jax.Array   # int32 [] work counts (trajectory.RolloutWork)
-  decode_iterations: jax.Array
-  decode_token_rows: jax.Array
-  observation_token_rows: jax.Array
-  observation_patches: jax.Array
-
-
 def rumination_step(ctx: Context, state: RolloutState, step) -> tuple[RolloutState, StepRecord]:
   """Decode segment, in-graph parse, observation turns of the rows that called, record of the step."""
   seg = decode_segment(ctx, state, step)
-  stop_b = jnp.where(seg.active_b, STOP_BUDGET, seg.stop_b)    # rows still running at the budget are cut (fail)
-  called_b = (stop_b == STOP_TOOL_CALL) & ~state.done_b
+  stop_b, called_b = segment_outcome(seg, state.done_b)
   action = ctx.env.parse_action(seg.step_tokens_bt, seg.step_len_b)
   turns = observation_turns(ctx, seg, action, called_b)
   obs = turns.obs
-  new_state = RolloutState(
-      cache=turns.cache, record=append_observation(seg.record, obs, called_b, seg.write_b),
-      write_b=seg.write_b + obs["valid"].sum(-1).astype(jnp.int32),
-      counter_b=jnp.where(called_b, obs["next_counter"], seg.counter_b), logits_bv=turns.logits_bv,
-      done_b=state.done_b | (stop_b != STOP_TOOL_CALL),
-      answered_b=state.answered_b | ((stop_b == STOP_ANSWER) & ~state.done_b),
-      last_clip_bg=jnp.where(obs["clip_groups"].any(-1, keepdims=True), obs["clip_groups"], state.last_clip_bg),
-      num_generated_b=state.num_generated_b + seg.step_len_b)
   actions = Actions(kind=jnp.where(called_b, action["kind"], 0), frame=action["frame"], box=action["box"],
                     frames=action["frames"], num_frames=action["num_frames"],
                     error=jnp.where(called_b, obs["error"], 0), called=called_b)
@@ -244,7 +150,27 @@ def rumination_step(ctx: Context, state: RolloutState, step) -> tuple[RolloutSta
                       region_mask_b=called_b & obs["is_crop_ok"], decoding_rows=(~state.done_b).sum(dtype=jnp.int32),
                       decode_iterations=seg.t, decode_token_rows=seg.token_rows,
                       observation_token_rows=turns.token_rows, observation_patches=turns.patches)
-  return new_state, record
+  return next_state(state, seg, stop_b, called_b, obs, turns.cache, turns.logits_bv), record
+
+
+def segment_outcome(seg: Segment, was_done_b):
+  """`(stop_b, called_b)`: why each row's segment ended (rows still running at the budget are cut: they fail),
+  and which rows called a tool."""
+  stop_b = jnp.where(seg.active_b, STOP_BUDGET, seg.stop_b)
+  return stop_b, (stop_b == STOP_TOOL_CALL) & ~was_done_b
+
+
+def next_state(state: RolloutState, seg: Segment, stop_b, called_b, obs: dict, cache, logits_bv) -> RolloutState:
+  """The state after a step: the segment's tokens and the observation chunks (env.observe's outputs, zero for
+  rows that did not call) recorded, counters advanced past them; rows that did not call are done."""
+  return RolloutState(
+      cache=cache, record=append_observation(seg.record, obs, called_b, seg.write_b),
+      write_b=seg.write_b + obs["valid"].sum(-1).astype(jnp.int32),
+      counter_b=jnp.where(called_b, obs["next_counter"], seg.counter_b), logits_bv=logits_bv,
+      done_b=state.done_b | (stop_b != STOP_TOOL_CALL),
+      answered_b=state.answered_b | ((stop_b == STOP_ANSWER) & ~state.done_b),
+      last_clip_bg=jnp.where(obs["clip_groups"].any(-1, keepdims=True), obs["clip_groups"], state.last_clip_bg),
+      num_generated_b=state.num_generated_b + seg.step_len_b)
 
 
 def append_observation(record: Record, obs: dict, called_b, write_b) -> Record:
@@ -266,7 +192,7 @@ def decode_segment(ctx: Context, state: RolloutState, step) -> Segment:
 
   Rows only stop within a segment, so it runs as two loops: all B rows while more than k are running, then the (at
   most k) rows still running, gathered once (k = `Context.chunk_k`, as for the observation turns): finished rows
-  stop costing compute. A lax.cond per token would copy the KV cache in and out of its branches instead; a third
+  stop costing compute. Not compacting (k = B), one loop of all rows. A lax.cond per token would copy the KV cache in and out of its branches instead; a third
   loop at B/2 rows measured no faster here (and costs one more copy of the decoder to compile).
   """
   B, k, T = ctx.rows, ctx.chunk_k, ctx.env.rollout.max_step_tokens
@@ -276,12 +202,12 @@ def decode_segment(ctx: Context, state: RolloutState, step) -> Segment:
                 step_tokens_bt=jnp.zeros((B, T), jnp.int32), step_len_b=jnp.zeros((B,), jnp.int32),
                 token_rows=jnp.int32(0))
   decoding = lambda seg: (seg.t < T) & jnp.any(seg.active_b)
+  if k == B:   # not compacting: all rows to the end
+    return jax.lax.while_loop(decoding, lambda seg: decode_token(ctx, seg, step, None), seg)
   seg = jax.lax.while_loop(lambda seg: decoding(seg) & (seg.active_b.sum() > k),
                            lambda seg: decode_token(ctx, seg, step, None), seg)
-  if k < B:
-    running_k = jnp.argsort(~seg.active_b, stable=True)[:k]
-    seg = jax.lax.while_loop(decoding, lambda seg: decode_token(ctx, seg, step, running_k), seg)
-  return seg
+  running_k = jnp.argsort(~seg.active_b, stable=True)[:k]
+  return jax.lax.while_loop(decoding, lambda seg: decode_token(ctx, seg, step, running_k), seg)
 
 
 def decode_token(ctx: Context, seg: Segment, step, sel_k) -> Segment:
