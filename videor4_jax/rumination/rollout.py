@@ -192,8 +192,9 @@ def decode_segment(ctx: Context, state: RolloutState, step) -> Segment:
 
   Rows only stop within a segment, so it runs as two loops: all B rows while more than k are running, then the (at
   most k) rows still running, gathered once (k = `Context.chunk_k`, as for the observation turns): finished rows
-  stop costing compute. Not compacting (k = B), one loop of all rows. A lax.cond per token would copy the KV cache in and out of its branches instead; a third
-  loop at B/2 rows measured no faster here (and costs one more copy of the decoder to compile).
+  stop costing compute. A lax.cond per token would copy the KV cache in and out of its branches instead; a third
+  loop at B/2 rows measured no faster here (and costs one more copy of the decoder to compile). Not compacting
+  (k = B): one loop over all rows.
   """
   B, k, T = ctx.rows, ctx.chunk_k, ctx.env.rollout.max_step_tokens
   seg = Segment(t=jnp.int32(0), cache=state.cache, record=state.record, logits_bv=state.logits_bv,
