@@ -149,20 +149,20 @@ def hf_rollout(model, tok, env, prompts, work=None):
   table = np.zeros((auto.edge_tok.shape[0], V), bool)          # allowed tokens per automaton state
   for s in range(table.shape[0]):
     table[s, auto.edge_tok[s][auto.edge_tok[s] >= 0]] = True
-  table[grammar.FREE] = env.free_mask
+  table[grammar.OUTSIDE_CALL] = env.free_mask
   table[~table.any(1)] = True                                   # no edge (accept): unconstrained, as sample_next
 
   def gstep(s, t):
     if s == grammar.DEAD or s == auto.accept:
       return s
-    if s == grammar.FREE:
-      return grammar.START if t == auto.tool_call_start_id else grammar.FREE
+    if s == grammar.OUTSIDE_CALL:
+      return grammar.CALL_START if t == auto.tool_call_start_id else grammar.OUTSIDE_CALL
     hit = auto.edge_tok[s] == t
     return int(auto.edge_next[s][hit.argmax()]) if hit.any() else grammar.DEAD
 
   class Grammar(LogitsProcessor):
     def __init__(self, n, start):
-      self.state, self.start = [grammar.FREE] * n, start
+      self.state, self.start = [grammar.OUTSIDE_CALL] * n, start
 
     def __call__(self, input_ids, scores):
       if input_ids.shape[1] > self.start:

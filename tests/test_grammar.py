@@ -105,7 +105,7 @@ def test_random_walks_on_the_automaton_always_parse(name, finish, choices):
   along the shortest path to accept it is accepted and the in-graph parse equals the host parse of its text."""
   auto, tok = AUTOS[name], TOKENIZERS[name]
   dist = _dist_to_accept(name)
-  state, ids = g.START, [tok.tool_call_start_id]
+  state, ids = g.CALL_START, [tok.tool_call_start_id]
 
   def take(i):
     nonlocal state
