@@ -69,7 +69,7 @@ def main():
   params_abs = jax.eval_shape(lambda: vlm.init_params(config, jax.random.key(0)))
   n_params = int(sum(x.size for x in jax.tree.leaves(params_abs)))
   T = s["T"]
-  prompts = {n: abstract(rb.make_prompts(tok, n // G, s["frames"], s["src_hw"], s["global_hw"])) for n in rows_list}
+  prompts = {n: abstract(rb.make_prompts(tok, config, s, n // G)) for n in rows_list}
   tp = max(p["input_ids"].shape[1] for p in prompts.values())
   obs_len = make_env(config, RolloutConfig(max_steps=1, max_step_tokens=T, obs_hw=s["obs_hw"]), tok,
                      s["frames"]).obs_len

@@ -95,7 +95,7 @@ def main():
     ms, runs = time_decode(config, params, S, rows, repeats=args.repeats)
     res["decode_ms_per_token"][str(S)] = dict(ms=round(ms, 2), runs=runs)
     print(f"decode S={S:5d}: {ms:7.2f} ms/token  {runs}", flush=True)
-  prompts = make_prompts(tok, s["B"], s["frames"], s["src_hw"], s["global_hw"])
+  prompts = make_prompts(tok, config, s, s["B"])
   gen = None
   for S in [int(x) for x in args.rollout_caches.split(",") if x]:
     rc = RolloutConfig(max_steps=s["R"], max_step_tokens=s["T"], cache_len=S, obs_hw=s["obs_hw"], max_clip_frames=4,

@@ -51,7 +51,7 @@ def make_batch(tok, config, s, m, seed=0):
   """Numpy batch in our slot layout plus the HF keyword arguments of the same conversations."""
   rng = np.random.default_rng(seed)
   B, A = s["B"], s["A"]
-  pr = rb.make_prompts(tok, B, m["frames"], m["src_hw"], m["global_hw"], seed=seed)
+  pr = rb.make_prompts(tok, config, m, B, seed=seed)
   gh, gw = s["crop_hw"][0] // 14, s["crop_hw"][1] // 14
   n_img = gh * gw // 4
   text = lambda: tok.encode("".join(rng.choice(list("abcdefghij0123456789 ,.:"), 4 * A)))[:A]

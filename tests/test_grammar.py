@@ -42,7 +42,7 @@ def _walker(name):
       t, v = x
       ok = g.allowed_tokens(auto, state[None], tok.vocab_size)[0, t]
       return jnp.where(v, g.step(auto, state[None], t[None])[0], state), ok | ~v
-    final, oks = jax.lax.scan(body, jnp.int32(g.FREE), (tokens, valid))
+    final, oks = jax.lax.scan(body, jnp.int32(g.OUTSIDE_CALL), (tokens, valid))
     return jnp.all(oks), g.accepts(auto, final[None])[0], g.parse_tokens(auto, tokens, valid, num_frames=NUM_FRAMES)
   return walk
 
@@ -105,7 +105,7 @@ def test_random_walks_on_the_automaton_always_parse(name, finish, choices):
   along the shortest path to accept it is accepted and the in-graph parse equals the host parse of its text."""
   auto, tok = AUTOS[name], TOKENIZERS[name]
   dist = _dist_to_accept(name)
-  state, ids = g.START, [tok.tool_call_start_id]
+  state, ids = g.CALL_START, [tok.tool_call_start_id]
 
   def take(i):
     nonlocal state

@@ -1,4 +1,5 @@
 """The jitted rollout against a plain reference loop (no cache, full forward per token, host-side actions)."""
+import dataclasses
 import time
 
 import jax
@@ -11,7 +12,8 @@ from videor4_jax.model import rope_index, vlm
 from videor4_jax.processing import chat, grammar
 from videor4_jax.rumination import pixel_ops
 from videor4_jax.rumination.config import RolloutConfig
-from videor4_jax.rumination.rollout import _row_keys, make_rollout_fn
+from videor4_jax.rumination.env import make_env
+from videor4_jax.rumination.rollout import chunk_rows, make_rollout_fn, row_keys
 from videor4_jax.rumination.sampling import sample_next
 from videor4_jax.train.forward import sequence_hidden
 
@@ -31,7 +33,7 @@ def reference_rollout(tok, config, params, env, prompts, key, *, greedy, tempera
     item_embeds = [encode(params, items[0][1], items[0][2])]
     generated = []
     for step in range(rc.max_steps):
-      gstate, step_tokens, stop = jnp.array([grammar.FREE]), [], None
+      gstate, step_tokens, stop = jnp.array([grammar.OUTSIDE_CALL]), [], None
       for t in range(rc.max_step_tokens):
         n_tok = len(ids)
         arr = np.full((1, S), tok.pad_id, np.int64)
@@ -50,7 +52,7 @@ def reference_rollout(tok, config, params, env, prompts, key, *, greedy, tempera
                                            attention_mask=valid.astype(np.int64))
         h = fwd(params, x, jnp.asarray(pos), jnp.asarray(valid))
         logits = vlm.logits(config, params, h[:, n_tok - 1])
-        k = _row_keys(key, step, t, prompts["input_ids"].shape[0])[row]
+        k = row_keys(key, step, t, prompts["input_ids"].shape[0])[row]
         tok_, _ = sample_next(k, logits, env.allowed_tokens(gstate), temperature=temperature, greedy=greedy)
         tok_id = int(tok_[0])
         new_state = env.advance_grammar(gstate, tok_)
@@ -60,7 +62,7 @@ def reference_rollout(tok, config, params, env, prompts, key, *, greedy, tempera
         if bool(env.grammar_accepts(new_state)[0]):
           stop = "call"
           break
-        if tok_id == tok.im_end_id and int(gstate[0]) == grammar.FREE:
+        if tok_id == tok.im_end_id and int(gstate[0]) == grammar.OUTSIDE_CALL:
           stop = "answer"
           break
         gstate = new_state
@@ -106,6 +108,14 @@ def setup():
 def rollout2(setup):
   """One jitted rollout (2 generations per prompt) shared by the tests below, so that it compiles once."""
   return make_rollout_fn(setup[3], num_generations=2)
+
+
+@pytest.fixture(scope="module")
+def rollout2_uncompacted(setup):
+  """`rollout2` with `compact_rows` off: every loop computes all rows."""
+  tok, config, _, env = setup
+  return make_rollout_fn(make_env(config, dataclasses.replace(env.rollout, compact_rows=False), tok, NUM_FRAMES),
+                         num_generations=2)
 
 
 # What each case must exercise (1 = crop, 2 = clip executed without error). With these random weights greedy
@@ -329,3 +339,76 @@ def test_rollout_reuses_its_compiled_function(monkeypatch):
   del env
   gc.collect()
   assert len(ro._ROLLOUT_FNS) == n - 2            # entries go with their env
+
+
+def test_uncompacted_rollout_equals_compacted(setup, rollout2, rollout2_uncompacted):
+  """`compact_rows` changes which rows a loop computes, not what a row gets: off, the tokens and actions are the
+  compacted rollout's and the log-probs equal to fp32 rounding (the decoder runs on other batch shapes)."""
+  tok, config, params, env = setup
+  prompts = make_prompts(tok, config, 4, seed=1)
+  want = rollout2(params, prompts, jax.random.key(1))
+  got = rollout2_uncompacted(params, prompts, jax.random.key(1))
+  assert int(np.asarray(got.num_generated).min()) > 0 and np.asarray(got.actions.called).any()
+  for field in ("tokens", "valid", "loss_mask", "positions", "length", "num_generated", "answered"):
+    np.testing.assert_array_equal(np.asarray(getattr(got, field)), np.asarray(getattr(want, field)), err_msg=field)
+  for a, b in zip(jax.tree.leaves(got.actions), jax.tree.leaves(want.actions)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  np.testing.assert_allclose(np.asarray(got.logp), np.asarray(want.logp), atol=1e-5, rtol=1e-6)
+
+
+def _step_lengths(loss_mask_bs):
+  """Tokens each row generated per step: the j-th run of generated slots of a row is its step j (observation
+  chunks, never empty, separate the runs)."""
+  out = []
+  for row in np.asarray(loss_mask_bs) > 0:
+    edges = np.diff(np.concatenate([[0], row.astype(int), [0]]))
+    out.append((np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)).tolist())
+  return out
+
+
+def _scheduled_work(traj, env, prompts, k):
+  """The work counts the rollout's schedule implies, recomputed from what it produced: per decode iteration B rows
+  while more than k rows run, then k rows; observation turns in chunks of k caller rows, one-group outcomes
+  `length_upto(1)` slots and 1/max_groups of the patches wide; not compacting (k = B), all rows in one turn when
+  any row called."""
+  B, R = traj.tokens.shape[0], env.rollout.max_steps
+  lengths = _step_lengths(traj.loss_mask)
+  steps = [[r[j] for r in lengths if len(r) > j] for j in range(R)]
+  iterations = [max(s, default=0) for s in steps]
+  decode = [sum(B if sum(n > t for n in s) > k else k for t in range(it)) for s, it in zip(steps, iterations)]
+  called = np.asarray(traj.actions.called)
+  wide = called & ((np.asarray(traj.actions.kind) == grammar.KIND_CLIP) & (np.asarray(traj.actions.num_frames) > 2))
+  n_full, n_one = env.obs_len, env.templates.length_upto(1)
+  p_full = traj.obs_pixels.shape[2]
+  p_one = p_full // env.templates.max_groups
+  if k == B:
+    obs = [(B * n_full * c.any(), B * p_full * c.any()) for c in called.T]
+  else:
+    if n_one == n_full:
+      wide = called
+    chunks = lambda n: -(-int(n) // k) * k
+    obs = [(chunks(w.sum()) * n_full + chunks((c & ~w).sum()) * n_one,
+            chunks(w.sum()) * p_full + chunks((c & ~w).sum()) * p_one) for w, c in zip(wide.T, called.T)]
+  P, Tp = prompts["input_ids"].shape
+  return dict(prompt_token_rows=P * Tp, prompt_patches=P * prompts["pixel_values_videos"].shape[1],
+              decoding_rows_r=[len(s) for s in steps], decode_iterations_r=iterations, decode_token_rows_r=decode,
+              observation_token_rows_r=[o[0] for o in obs], observation_patches_r=[o[1] for o in obs])
+
+
+def test_work_counts_follow_the_schedule(setup, rollout2, rollout2_uncompacted):
+  """The counts the rollout reports (Trajectory.work, read by bench/rollout.py) equal the ones recomputed from its
+  output and its schedule, compacted and not."""
+  tok, config, params, env = setup
+  prompts = make_prompts(tok, config, 4, seed=7)    # seed and key: some decode iterations and observation turns
+  B = 2 * 4                                         # run on fewer than B rows (checked below)
+  for fn, k in ((rollout2, chunk_rows(B)), (rollout2_uncompacted, B)):
+    traj = fn(params, prompts, jax.random.key(107))
+    want = _scheduled_work(traj, env, prompts, k)
+    got = {f.name: np.asarray(getattr(traj.work, f.name)).tolist() for f in dataclasses.fields(traj.work)}
+    assert got == want, (k, got, want)
+    assert int(traj.work.decoder_token_rows()) == (want["prompt_token_rows"] + sum(want["decode_token_rows_r"])
+                                                   + sum(want["observation_token_rows_r"]))
+    assert sum(want["observation_token_rows_r"]) > 0
+    if k < B:   # the case compacts: some decode iterations and some observation turns ran on fewer than B rows
+      assert any(d < B * it for d, it in zip(want["decode_token_rows_r"], want["decode_iterations_r"]))
+      assert any(0 < o < B * env.obs_len for o in want["observation_token_rows_r"])

@@ -44,7 +44,10 @@ TOOL_NAMES = {ToolKind.CROP: "crop", ToolKind.CLIP: "clip"}
 # zoom_in. The one table for host parsing of model text and for foreign datasets (data/schema.py).
 TOOL_ALIASES = {"crop": "crop", "crop_image": "crop", "crop_image_normalized": "crop", "zoom_in": "crop",
                 "clip": "clip", "select_frames": "clip"}
-FREE, START = 0, 1           # automaton states: outside a call; right after <tool_call>
+# Named automaton states (the others are numbered as `build_automaton` creates them): outside a tool call (free
+# text, the answer; `<tool_call>` enters the grammar), right after `<tool_call>`, and off the grammar (a token the
+# grammar does not allow was forced in: the state stays there).
+OUTSIDE_CALL, CALL_START, DEAD = 0, 1, -1
 REG_FRAME, REG_BOX = 0, 1    # registers: frame, box x1 y1 x2 y2 (hundredths), then clip frames
 
 
@@ -126,110 +129,127 @@ class Automaton:
     return REG_BOX + 4 + self.max_frames
 
 
-def build_automaton(tokenizer, max_frames: int) -> Automaton:
-  """Compiles the grammar for `tokenizer` (tiny or a real Qwen tokenizer.json: pieces become trie paths)."""
-  edges: list[dict[int, tuple[int, int]]] = [{}, {}]   # state -> {token: (next, digit)}
-  slot, kind = [-1, -1], [KIND_NONE, KIND_NONE]
+class _DfaBuilder:
+  """The automaton's states and edges while it is built: literal pieces become token paths (shared prefixes
+  merge, as in a trie), numbers become digit edges that write a register."""
 
-  def new_state(k):
-    edges.append({})
-    slot.append(-1)
-    kind.append(k)
-    return len(edges) - 1
+  def __init__(self, tokenizer):
+    self.tokenizer = tokenizer
+    self.edges: list[dict[int, tuple[int, int]]] = [{}, {}]    # state -> {token: (next, digit)}
+    self.slot, self.kind = [-1, -1], [KIND_NONE, KIND_NONE]    # OUTSIDE_CALL and CALL_START
+    self.digit_ids = [self._single_token(d) for d in DIGITS]
+    self.dot_id = self._single_token(".")
 
-  def add_edge(s, tok, nxt, digit=-1):
-    if tok in edges[s] and edges[s][tok][0] != nxt:
+  def _single_token(self, text):
+    ids = self.tokenizer.encode(text)
+    if len(ids) != 1:
+      raise ValueError(f"{text!r} is not a single token for this tokenizer")
+    return ids[0]
+
+  def new_state(self, kind):
+    self.edges.append({})
+    self.slot.append(-1)
+    self.kind.append(kind)
+    return len(self.edges) - 1
+
+  def add_edge(self, state, tok, nxt, digit=-1):
+    if tok in self.edges[state] and self.edges[state][tok][0] != nxt:
       raise ValueError(f"grammar is not deterministic for this tokenizer at token {tok}")
-    edges[s][tok] = (nxt, digit)
+    self.edges[state][tok] = (nxt, digit)
 
-  def literal(exits, text, k):
+  def literal(self, exits, text, kind):
     """Attaches the token path of `text` after every exit state; returns the end state."""
-    ids = tokenizer.encode(text)
+    ids = self.tokenizer.encode(text)
     if not ids:
       raise ValueError(f"tokenizer encodes {text!r} to nothing")
     first = exits[0]
-    node = edges[first][ids[0]][0] if ids[0] in edges[first] else new_state(k)
+    node = self.edges[first][ids[0]][0] if ids[0] in self.edges[first] else self.new_state(kind)
     for e in exits:
-      add_edge(e, ids[0], node)
+      self.add_edge(e, ids[0], node)
     for t in ids[1:]:
-      nxt = edges[node][t][0] if t in edges[node] else new_state(k)
-      add_edge(node, t, nxt)
+      nxt = self.edges[node][t][0] if t in self.edges[node] else self.new_state(kind)
+      self.add_edge(node, t, nxt)
       node = nxt
     return node
 
-  digit_ids = []
-  for d in DIGITS:
-    ids = tokenizer.encode(d)
-    if len(ids) != 1:
-      raise ValueError(f"digit {d!r} is not a single token for this tokenizer")
-    digit_ids.append(ids[0])
-  (dot_id,) = tokenizer.encode(".") if len(tokenizer.encode(".")) == 1 else (None,)
-  if dot_id is None:
-    raise ValueError("'.' is not a single token for this tokenizer")
-
-  def integer(entry, reg, k):     # 1-2 digits, no leading zero (valid JSON); returns exit states
-    slot[entry] = reg
-    one, two = new_state(k), new_state(k)
-    slot[one] = reg
-    for v, t in enumerate(digit_ids):
+  def integer(self, entry, reg, kind):
+    """1-2 digits, no leading zero (valid JSON), written to register `reg`; returns the exit states."""
+    self.slot[entry] = reg
+    one, two = self.new_state(kind), self.new_state(kind)
+    self.slot[one] = reg
+    for v, t in enumerate(self.digit_ids):
       if v:
-        add_edge(entry, t, one, v)
-      add_edge(one, t, two, v)
+        self.add_edge(entry, t, one, v)
+      self.add_edge(one, t, two, v)
     return [one, two]
 
-  def coord(entry, reg, k):       # 0.dd -> hundredths (the leading "0." is forced)
-    a, b, c, d = new_state(k), new_state(k), new_state(k), new_state(k)
+  def coord(self, entry, reg, kind):
+    """0.dd written to register `reg` in hundredths (the leading "0." is forced); returns the exit states."""
+    a, b, c, d = (self.new_state(kind) for _ in range(4))
     for s in (b, c):
-      slot[s] = reg
-    add_edge(entry, digit_ids[0], a)
-    add_edge(a, dot_id, b)
-    for v, t in enumerate(digit_ids):
-      add_edge(b, t, c, v)
-      add_edge(c, t, d, v)
+      self.slot[s] = reg
+    self.add_edge(entry, self.digit_ids[0], a)
+    self.add_edge(a, self.dot_id, b)
+    for v, t in enumerate(self.digit_ids):
+      self.add_edge(b, t, c, v)
+      self.add_edge(c, t, d, v)
     return [d]
 
-  after_open = literal([START], OPEN, KIND_NONE)
-  # crop branch
-  s = literal([after_open], CROP_HEAD, KIND_CROP)
-  exits = integer(s, REG_FRAME, KIND_CROP)
-  s = literal(exits, BBOX_OPEN, KIND_CROP)
+  def arrays(self):
+    """`(edge_tok, edge_next, edge_digit, slot, kind)` as the Automaton holds them (edges sorted by token)."""
+    n, e_max = len(self.edges), max(len(e) for e in self.edges)
+    edge_tok = np.full((n, e_max), -1, np.int32)
+    edge_next = np.zeros((n, e_max), np.int32)
+    edge_digit = np.full((n, e_max), -1, np.int32)
+    for s, es in enumerate(self.edges):
+      for j, (t, (nxt, dg)) in enumerate(sorted(es.items())):
+        edge_tok[s, j], edge_next[s, j], edge_digit[s, j] = t, nxt, dg
+    return edge_tok, edge_next, edge_digit, np.array(self.slot, np.int32), np.array(self.kind, np.int32)
+
+
+def _crop_branch(dfa: _DfaBuilder, after_open: int) -> int:
+  """`crop", "arguments": {"frame": F, "bbox_2d": [x1, y1, x2, y2]}}`: returns the state before `</tool_call>`."""
+  s = dfa.literal([after_open], CROP_HEAD, KIND_CROP)
+  exits = dfa.integer(s, REG_FRAME, KIND_CROP)
+  s = dfa.literal(exits, BBOX_OPEN, KIND_CROP)
   for j in range(4):
-    exits = coord(s, REG_BOX + j, KIND_CROP)
-    s = literal(exits, SEP, KIND_CROP) if j < 3 else None
-  crop_close = literal(exits, CLOSE, KIND_CROP)
-  # clip branch
-  s = literal([after_open], CLIP_HEAD, KIND_CLIP)
+    exits = dfa.coord(s, REG_BOX + j, KIND_CROP)
+    s = dfa.literal(exits, SEP, KIND_CROP) if j < 3 else None
+  return dfa.literal(exits, CLOSE, KIND_CROP)
+
+
+def _clip_branch(dfa: _DfaBuilder, after_open: int, max_frames: int) -> int:
+  """`clip", "arguments": {"frames": [f1, ..]}}` with 1..max_frames frames: returns the state before `</tool_call>`."""
+  s = dfa.literal([after_open], CLIP_HEAD, KIND_CLIP)
   close_exits = []
   for j in range(max_frames):
-    exits = integer(s, REG_BOX + 4 + j, KIND_CLIP)
+    exits = dfa.integer(s, REG_BOX + 4 + j, KIND_CLIP)
     close_exits += exits
     if j < max_frames - 1:
-      s = literal(exits, SEP, KIND_CLIP)
-  clip_close = literal(close_exits, CLOSE, KIND_CLIP)
-  accept = new_state(KIND_NONE)
-  add_edge(crop_close, tokenizer.tool_call_end_id, accept)
-  add_edge(clip_close, tokenizer.tool_call_end_id, accept)
+      s = dfa.literal(exits, SEP, KIND_CLIP)
+  return dfa.literal(close_exits, CLOSE, KIND_CLIP)
 
-  e_max = max(len(e) for e in edges)
-  n = len(edges)
-  edge_tok = np.full((n, e_max), -1, np.int32)
-  edge_next = np.zeros((n, e_max), np.int32)
-  edge_digit = np.full((n, e_max), -1, np.int32)
-  for s_, es in enumerate(edges):
-    for j, (t, (nxt, dg)) in enumerate(sorted(es.items())):
-      edge_tok[s_, j], edge_next[s_, j], edge_digit[s_, j] = t, nxt, dg
-  return Automaton(edge_tok, edge_next, edge_digit, np.array(slot, np.int32), np.array(kind, np.int32), accept,
-                   tokenizer.tool_call_start_id, max_frames)
+
+def build_automaton(tokenizer, max_frames: int) -> Automaton:
+  """Compiles the grammar for `tokenizer` (tiny or a real Qwen tokenizer.json: pieces become trie paths)."""
+  dfa = _DfaBuilder(tokenizer)
+  after_open = dfa.literal([CALL_START], OPEN, KIND_NONE)
+  crop_close = _crop_branch(dfa, after_open)
+  clip_close = _clip_branch(dfa, after_open, max_frames)
+  accept = dfa.new_state(KIND_NONE)
+  dfa.add_edge(crop_close, tokenizer.tool_call_end_id, accept)
+  dfa.add_edge(clip_close, tokenizer.tool_call_end_id, accept)
+  return Automaton(*dfa.arrays(), accept, tokenizer.tool_call_start_id, max_frames)
 
 
 # ---------------------------------------------------------------------------------------------- in-graph
 def allowed_tokens(auto: Automaton, state_b, vocab_size: int):
-  """`[B, V]` bool: tokens allowed in each row's state (all tokens in FREE; nothing after ACCEPT)."""
+  """`[B, V]` bool: tokens allowed in each row's state (all tokens OUTSIDE_CALL; nothing after ACCEPT)."""
   toks = jnp.asarray(auto.edge_tok)[state_b]                                      # [B, E]
   b = state_b.shape[0]
   rows = jnp.repeat(jnp.arange(b)[:, None], toks.shape[1], axis=1)
   mask = jnp.zeros((b, vocab_size), bool).at[rows, jnp.maximum(toks, 0)].max(toks >= 0)
-  return jnp.where((state_b == FREE)[:, None], True, mask)
+  return jnp.where((state_b == OUTSIDE_CALL)[:, None], True, mask)
 
 
 def _edge(auto: Automaton, state_b, tok_b):
@@ -242,14 +262,13 @@ def _edge(auto: Automaton, state_b, tok_b):
   return found, nxt, digit
 
 
-DEAD = -1
-
 
 def step(auto: Automaton, state_b, tok_b):
-  """Next state per row. FREE stays FREE except on <tool_call>; a token off the grammar -> DEAD (-1)."""
+  """Next state per row. OUTSIDE_CALL stays there except on <tool_call>; a token off the grammar -> DEAD."""
   found, nxt, _ = _edge(auto, jnp.maximum(state_b, 0), tok_b)
-  in_call = (state_b > FREE) & (state_b != auto.accept)
-  out = jnp.where(state_b == FREE, jnp.where(tok_b == auto.tool_call_start_id, START, FREE),
+  in_call = (state_b > OUTSIDE_CALL) & (state_b != auto.accept)
+  enters_call = tok_b == auto.tool_call_start_id
+  out = jnp.where(state_b == OUTSIDE_CALL, jnp.where(enters_call, CALL_START, OUTSIDE_CALL),
                   jnp.where(in_call, jnp.where(found, nxt, DEAD), state_b))
   return jnp.where(state_b == DEAD, DEAD, out)
 
@@ -280,16 +299,17 @@ def parse_tokens(auto: Automaton, tokens_t, valid_t, *, num_frames: int) -> Pars
     live = ok & (state != auto.accept) & (state != DEAD)
     found, nxt, digit = _edge(auto, jnp.maximum(state, 0)[None], tok[None])
     reg = slot[jnp.maximum(state, 0)]
-    write = live & (state > FREE) & found[0] & (digit[0] >= 0) & (reg >= 0)
+    write = live & (state > OUTSIDE_CALL) & found[0] & (digit[0] >= 0) & (reg >= 0)
     r = jnp.maximum(reg, 0)
     regs = regs.at[r].set(jnp.where(write, jnp.minimum(regs[r] * 10 + digit[0], 99999), regs[r]))
     written = written.at[r].set(written[r] | write)
     new_state = jnp.where(live, step(auto, state[None], tok[None])[0], state)
-    kind = jnp.maximum(kind, kind_of[jnp.maximum(new_state, 0)] * (new_state > FREE))
+    kind = jnp.maximum(kind, kind_of[jnp.maximum(new_state, 0)] * (new_state > OUTSIDE_CALL))
     return (new_state, regs, written, kind), None
 
   n_reg = auto.num_registers
-  init = (jnp.int32(FREE), jnp.zeros((n_reg,), jnp.int32), jnp.zeros((n_reg,), bool), jnp.int32(KIND_NONE))
+  init = (jnp.int32(OUTSIDE_CALL), jnp.zeros((n_reg,), jnp.int32), jnp.zeros((n_reg,), bool),
+          jnp.int32(KIND_NONE))
   (state, regs, written, kind), _ = jax.lax.scan(body, init, (jnp.asarray(tokens_t), jnp.asarray(valid_t)))
   k = auto.max_frames
   frames = regs[REG_BOX + 4:]

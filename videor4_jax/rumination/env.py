@@ -45,6 +45,13 @@ class RuminationEnv:
     k = self.rollout.max_clip_frames
     return k + (k % 2)
 
+  def observation_patches(self, max_groups: int | None = None) -> int:
+    """Patches per row the vision tower sees in an observation turn (`observe`'s `max_groups`; None: all)."""
+    patch, temporal = self.config.vision.patch_size, self.config.vision.temporal_patch_size
+    h, w = self.rollout.obs_hw
+    total = self.clip_slots // temporal * (h // patch) * (w // patch)
+    return total if max_groups is None else total * max_groups // self.templates.max_groups
+
   # ---- model ---------------------------------------------------------------------------------------------------
   def init_cache(self, batch, length):
     return vlm.init_cache(self.config, batch, length)
@@ -65,7 +72,7 @@ class RuminationEnv:
   # ---- grammar ---------------------------------------------------------------------------------------------------
   def allowed_tokens(self, gstate_b):
     auto = grammar.allowed_tokens(self.automaton, gstate_b, self.free_mask.shape[0])
-    return jnp.where((gstate_b == grammar.FREE)[:, None], jnp.asarray(self.free_mask)[None], auto)
+    return jnp.where((gstate_b == grammar.OUTSIDE_CALL)[:, None], jnp.asarray(self.free_mask)[None], auto)
 
   def advance_grammar(self, gstate_b, tok_b):
     return grammar.step(self.automaton, gstate_b, tok_b)
@@ -143,7 +150,7 @@ class RuminationEnv:
     n_slots, seen = self.obs_len, patches
     if max_groups is not None:
       n_slots = self.templates.length_upto(max_groups)
-      seen = patches[:, :patches.shape[1] * max_groups // self.templates.max_groups]
+      seen = patches[:, :self.observation_patches(max_groups)]
     embeds = self.encode_rows(params, seen, grid)                                # [B, No'/4, D]
     n_valid = grid.prod(-1) // self.config.vision.spatial_merge_size ** 2
     emb_valid = jnp.arange(embeds.shape[1])[None] < n_valid[:, None]

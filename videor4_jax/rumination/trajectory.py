@@ -29,6 +29,26 @@ class Actions:
 
 
 @flax.struct.dataclass
+class RolloutWork:
+  """What one rollout computed, counted by the rollout as it ran (rollout.py), per step `[R]` or in total.
+
+  A token-row is one slot of one row in a decoder call (padding, masked rows and repeated rows included: the
+  unit of decoder compute); a patch is one vision-tower input patch of one row (zero padding included).
+  """
+  prompt_token_rows: jax.Array         # [] int32: the prompt prefill, once per prompt (P x Tp)
+  prompt_patches: jax.Array            # [] int32: global-view patches, once per prompt (P x Nv)
+  decoding_rows_r: jax.Array           # [R] int32: rows that decoded in the step (not done before it)
+  decode_iterations_r: jax.Array       # [R] int32: iterations of the step's decode loops (its longest row)
+  decode_token_rows_r: jax.Array       # [R] int32: token-rows computed over those iterations
+  observation_token_rows_r: jax.Array  # [R] int32: token-rows of the step's observation prefills
+  observation_patches_r: jax.Array     # [R] int32: observation patches through the vision tower
+
+  def decoder_token_rows(self) -> jax.Array:
+    """Every token-row the decoder computed: prompt prefill, decode, observation prefill."""
+    return self.prompt_token_rows + self.decode_token_rows_r.sum() + self.observation_token_rows_r.sum()
+
+
+@flax.struct.dataclass
 class Trajectory:
   tokens: jax.Array        # [B, S] int32
   positions: jax.Array     # [3, B, S] int32 M-RoPE (t, h, w)
@@ -50,3 +70,4 @@ class Trajectory:
   region_mask: jax.Array   # [B, R] bool
   last_clip_groups: jax.Array  # [B, Gv] bool: global-view groups selected by the row's last clip
   num_generated: jax.Array     # [B] int32
+  work: RolloutWork            # batch totals, not per row
