@@ -73,6 +73,20 @@ def row_shards(mesh) -> int:
   return int(mesh.shape["data"] * mesh.shape["fsdp"])
 
 
+def constrain_rows(x, row_axis: int = 0):
+  """Inside jit: split array `x` along `row_axis` over the mesh's ("data", "fsdp") axes, when the current mesh has
+  them and they divide the rows; otherwise `x` unchanged. Arrays a jitted function creates itself (a rollout's KV
+  cache) get no sharding from its arguments, and XLA may keep them whole on every device without it."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not {"data", "fsdp"} <= set(mesh.axis_names):
+    return x
+  if x.shape[row_axis] % (mesh.shape["data"] * mesh.shape["fsdp"]):
+    return x
+  spec = [None] * x.ndim
+  spec[row_axis] = ("data", "fsdp")
+  return jax.lax.with_sharding_constraint(x, P(*spec))
+
+
 def batch_sharding(mesh, ndim: int, batch_axis: int = 0) -> NamedSharding:
   spec = [None] * ndim
   spec[batch_axis] = ("data", "fsdp")

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from videor4_jax.model.vlm import KVCache
 from videor4_jax.processing.grammar import OUTSIDE_CALL
+from videor4_jax.parallel.sharding import constrain_rows
 from videor4_jax.rumination import env as env_lib
 from videor4_jax.rumination.rollout_state import Context, ObservationTurns, Record, RolloutState, Segment, StepRecord
 from videor4_jax.rumination.sampling import sample_next
@@ -82,6 +83,7 @@ def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, gre
                              top_p=rc.top_p if top_p is None else top_p, greedy=greedy)
 
   def fn(params, prompts, key):
+    params = cast_to_compute(params, env.config.dtype)
     num_prompts, prompt_len = prompts["input_ids"].shape
     check_cache_fits(env, prompt_len)
     rows = num_prompts * num_generations
@@ -93,6 +95,16 @@ def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, gre
     return to_trajectory(state, steps, repeated, video_feats_bgd, prompt_work)
 
   return jax.jit(fn)
+
+
+def cast_to_compute(params, dtype):
+  """Float params wider than the compute dtype, cast to it once per rollout (the model casts every weight to the
+  compute dtype where it uses it, so the result is the same; a decode token then reads, and under FSDP gathers,
+  half the bytes of f32 master weights)."""
+  dtype = jnp.dtype(dtype)
+  narrow = lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) and p.dtype.itemsize > dtype.itemsize \
+      else p
+  return jax.tree.map(narrow, params)
 
 
 def check_cache_fits(env: env_lib.RuminationEnv, prompt_len: int):
@@ -117,9 +129,10 @@ def prefill_prompts(env: env_lib.RuminationEnv, params, prompts: dict, num_gener
   hidden_ptd, prefix = env.decode(params, prompt["embeds"], prompt["positions"], prompt["valid"],
                                   env.init_cache(num_prompts, prompt_len), jnp.zeros((num_prompts,), jnp.int32))
   cache = env.init_cache(rows, cache_len)
-  cache = cache.replace(k=cache.k.at[:, :, :prompt_len].set(repeat(prefix.k, 1)),
-                        v=cache.v.at[:, :, :prompt_len].set(repeat(prefix.v, 1)),
-                        valid=cache.valid.at[:, :prompt_len].set(repeat(prefix.valid)))
+  # The [L, B, S, H, Dh] cache is the rollout's largest array: its rows go where the batch's rows are.
+  cache = cache.replace(k=constrain_rows(cache.k.at[:, :, :prompt_len].set(repeat(prefix.k, 1)), 1),
+                        v=constrain_rows(cache.v.at[:, :, :prompt_len].set(repeat(prefix.v, 1)), 1),
+                        valid=constrain_rows(cache.valid.at[:, :prompt_len].set(repeat(prefix.valid))))
   length_p = prompt["valid"].sum(-1).astype(jnp.int32)
   last_hidden_pd = jnp.take_along_axis(hidden_ptd, (length_p - 1)[:, None, None], axis=1)[:, 0]
   pad_s = lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, cache_len - prompt_len)])
