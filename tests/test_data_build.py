@@ -126,3 +126,11 @@ def test_failed_build_leaves_nothing_and_overwrite_keeps_the_old_build(tmp_path,
   assert build.main(argv + ["--overwrite"]) == 1
   assert "the previous build is kept" in capsys.readouterr().err
   assert _version_dir_files(data_dir) == ["0.0.2"] and len(_source("m4_vitevqa", data_dir, "test")) == 3
+
+
+def test_build_without_manual_dir_for_the_synthetic_task(tmp_path, capsys):
+  assert build.main(["synthetic_textvideo/tiny", "--data_dir", str(tmp_path)]) == 0
+  out = capsys.readouterr().out
+  assert "train: 16 records, 0 skipped" in out and "test: 4 records, 0 skipped" in out
+  r = _source("synthetic_textvideo/tiny", str(tmp_path), "validation")[0]
+  assert schema.from_json(r["trajectory"].decode()).qid == r["qid"].decode()
