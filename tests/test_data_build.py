@@ -59,11 +59,15 @@ def test_build_videor4_trajectories(tmp_path):
 
 def test_build_page_sequences(tmp_path):
   fix = fx.write_pages_manual_dir(str(tmp_path / "manual"))
+  with open(tmp_path / "manual" / "train.jsonl", "a") as f:   # a line that is no object; answers not a list
+    f.write('42\n{"qid": "qs", "doc_id": "d", "question": "?", "answers": "abc", "pages": ["pages/doc0_p0.png"]}\n')
   data_dir = str(tmp_path / "tfds")
   stdout = _ok(fx.run_build("page_sequences", data_dir, str(tmp_path / "manual")))
-  assert "train: 3 records, 2 skipped" in stdout
+  assert "train: 3 records, 4 skipped" in stdout
   assert "train train.jsonl:4: page pages/broken.png: undecodable image" in stdout
   assert "train train.jsonl:5:" in stdout and "missing.png" in stdout
+  assert "train train.jsonl:6: expected a JSON object, got int" in stdout
+  assert "train train.jsonl:7: field 'answers' must be a non-empty list" in stdout
   src = _source("page_sequences", data_dir, "train")
   assert sorted((src[i]["video_id"].decode(), int(src[i]["num_frames"])) for i in range(len(src))) == \
       sorted((doc, len(pages)) for doc, pages in fix["docs"].items())
