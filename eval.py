@@ -45,7 +45,7 @@ def main(argv):
   from videor4_jax.data import pipeline
   from videor4_jax.data.sources import make_source_fn
   from videor4_jax.eval.loop import evaluate
-  from videor4_jax.rumination.config import RolloutConfig
+  from videor4_jax.rumination import config as rollout_config
   from videor4_jax.rumination.env import make_env
 
   cfg = flags.FLAGS.config
@@ -63,7 +63,7 @@ def main(argv):
     cfg.model.dtype = cfg.model.param_dtype = flags.FLAGS.dtype
   processor = resolve.make_processor(cfg, ckpt, explicit)
   config = resolve.make_model_config(cfg, processor, ckpt, explicit)
-  rollout_cfg = RolloutConfig(**cfg.rollout.to_dict())
+  rollout_cfg = rollout_config.from_config(cfg.rollout.to_dict(), row_shards=1)   # one device, rows unsharded
   resolve.check_compatible(config, processor, rollout_cfg)
   # Evaluation runs on one device: each parameter is read lazily from the mmapped files, cast on the host and
   # placed on it (convert/hf.load_params; shardings=None), so no second whole-model copy exists on the host.

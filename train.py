@@ -25,6 +25,9 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (clus
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs on one machine).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 flags.DEFINE_integer("process_id", None, "This process's rank in [0, num_processes).")
+flags.DEFINE_string("aot_topology", None, "Only check the run fits: compile its functions for this TPU topology "
+                    "(e.g. v5p:2x2x4, v5e:4x4; needs the tpu-aot extra) or 'cpu' (this host's devices), print "
+                    "per-chip memory and roofline step times, exit 1 if anything does not fit. Reads no weights.")
 
 
 def main(argv):
@@ -38,6 +41,8 @@ def main(argv):
   cfg = flags.FLAGS.config
   workdir = flags.FLAGS.workdir or cfg.workdir
   os.makedirs(workdir, exist_ok=True)
+  if F.aot_topology:
+    return aot_check(cfg, workdir, F.aot_topology, set(config_flags.get_override_values(F["config"])))
   from videor4_jax.data.sources import make_source_fn
   from videor4_jax.train.curriculum import Runner
   # The processor, model config and their agreement are resolved (and any mismatch raised) before data is built.
@@ -61,6 +66,23 @@ def main(argv):
   png = plots.write_for_workdir(workdir)
   print(f"report: {os.path.join(workdir, 'report.json')}   final checkpoint: {report['final_checkpoint']}   "
         f"figure: {png}")
+
+
+def aot_check(cfg, workdir, topology, explicit):
+  """`--aot_topology`: compile, report, write `<workdir>/aot_<topology>.json`; exit 1 if anything does not fit."""
+  import dataclasses
+  import json
+  import sys
+  from videor4_jax.train.aot import compile_run
+  report = compile_run(cfg, topology, explicit)
+  out = os.path.join(workdir, f"aot_{topology.replace(':', '_')}.json")
+  graphs = [dict(dataclasses.asdict(g), peak_bytes=g.peak_bytes, fits=g.fits) for g in report["graphs"]]
+  with open(out + ".tmp", "w") as f:
+    json.dump(dict(report, graphs=graphs), f, indent=2)
+  os.replace(out + ".tmp", out)
+  print(f"aot report: {out}")
+  if not report["fits"]:
+    sys.exit(1)
 
 
 if __name__ == "__main__":

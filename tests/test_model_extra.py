@@ -136,7 +136,7 @@ def test_sharded_forward_equals_single_device(ckpt):
 @pytest.mark.parametrize("size,published", [("7b", 16_584_333_312 // 2), ("3b", 7_509_245_952 // 2)])
 def test_param_count_matches_hf_and_published(size, published):
   from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-  spec = importlib.util.spec_from_file_location("cfg", os.path.join("configs", f"qwen2_5_vl_{size}.py"))
+  spec = importlib.util.spec_from_file_location("cfg", os.path.join("configs", f"videor4_{size}.py"))
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   config = model_config_from_dict(mod.get_config().model)

@@ -40,19 +40,29 @@ def processor_dir(cfg, checkpoint: str | None = None) -> str | None:
 
 
 def make_processor(cfg, checkpoint: str | None = None, explicit=()) -> Processor:
+  """The run's processor. `config.processor` describes the built-in processor (no directory); with a directory
+  its preprocessor configs win, except `config.processor_overrides` (a recipe's settings, e.g.
+  configs/videor4_7b.py) and explicit `--config.processor.*` flags, which are applied over them (logged)."""
   directory = processor_dir(cfg, checkpoint)
+  if directory is None and cfg.get("init_required", False):
+    raise ConfigMismatch("this config trains a pretrained checkpoint: set --config.init_from=/path/to/the/HF/"
+                         "directory (config.json, tokenizer, preprocessor configs, safetensors)")
   if directory is not None and "tokenizer" in explicit and cfg.get("tokenizer") == "tiny":
     raise ConfigMismatch(f"--config.tokenizer='tiny' but the checkpoint {directory} brings its own tokenizer; "
                          "drop the flag (the tiny tokenizer's ids do not fit a real checkpoint)")
   run_vision = dict(cfg.get("processor", None) or {})
   if directory is None:
     return Processor.from_config(run_vision, system_prompt=system_prompt(cfg))
-  overrides = {k: run_vision[k] for k in run_vision if f"processor.{k}" in explicit}
+  recipe = dict(cfg.get("processor_overrides", None) or {})
+  overrides = {**recipe, **{k: run_vision[k] for k in run_vision if f"processor.{k}" in explicit}}
   proc = Processor.from_dir(directory, system_prompt=system_prompt(cfg), vision_overrides=overrides)
+  for k, v in recipe.items():
+    if f"processor.{k}" not in explicit:
+      _log(f"config.processor_overrides.{k}={v} overrides {directory}'s preprocessor config")
   for k, v in run_vision.items():
     dir_value = getattr(proc.vision, k)
     if k in overrides:
-      _log(f"processor.{k}={v} set on the command line overrides {directory}'s preprocessor config")
+      _log(f"processor.{k}={overrides[k]} set on the command line overrides {directory}'s preprocessor config")
     elif v != dir_value:
       _log(f"config.processor.{k}={v} not used: {directory} gives {dir_value}")
   return proc

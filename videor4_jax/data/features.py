@@ -126,6 +126,12 @@ class _VideoPrompt:
   def video_tokens(self, grid) -> int:
     return int(np.prod(grid)) // self.processor.vision.merge_size ** 2
 
+  def _video_spec(self) -> dict:
+    v, cfg = self.processor.vision, self.cfg
+    patch_dim = 3 * v.temporal_patch_size * v.patch_size ** 2
+    return dict(video_pixels=((self.max_video_patches, patch_dim), np.float32), video_grid=((3,), np.int32),
+                source_frames=((cfg.num_frames, *cfg.source_hw, 3), np.uint8))
+
 
 class RlFeaturizer(_VideoPrompt, grain.transforms.Map):
   """Row -> prompt batch for the rollout / eval: answers + input_ids, attention_mask, mm_token_type_ids
@@ -148,6 +154,17 @@ class RlFeaturizer(_VideoPrompt, grain.transforms.Map):
     out.update(question=question[0], input_ids=input_ids, attention_mask=mask, mm_token_type_ids=types_p,
                pixel_values_videos=pv.astype(np.float32), video_grid_thw=grid, source_frames=src)
     return out
+
+  def output_spec(self) -> dict[str, tuple[tuple[int, ...], type]]:
+    """{field: (shape, dtype)} of one `map` output (a batch adds a leading row axis): what the AOT check
+    (train/aot.py) compiles against without reading data. tests/test_recipe.py holds it equal to `map`."""
+    cfg, t = self.cfg, self.cfg.max_prompt_tokens
+    video = self._video_spec()
+    return dict(qid=((cfg.max_answer_bytes,), np.uint8), answers=((cfg.max_answers, cfg.max_answer_bytes), np.uint8),
+                num_answers=((), np.int32), question=((QUESTION_BYTES,), np.uint8), input_ids=((t,), np.int32),
+                attention_mask=((t,), np.int32), mm_token_type_ids=((t,), np.int32),
+                pixel_values_videos=video["video_pixels"], video_grid_thw=video["video_grid"],
+                source_frames=video["source_frames"])
 
 
 def check_observation_shapes(pcfg: PipelineConfig, rollout) -> None:
@@ -219,3 +236,15 @@ class SftFeaturizer(_VideoPrompt, grain.transforms.Map):
     return dict(tokens=tokens, positions=np.asarray(pos)[:, 0], valid=valid.astype(bool), mm_types=types_p,
                 loss_mask=loss_p.astype(np.float32), video_pixels=pv, video_grid=grid,
                 obs_pixels=obs_pixels, obs_grid=obs_grid)
+
+  def output_spec(self) -> dict[str, tuple[tuple[int, ...], type]]:
+    """{field: (shape, dtype)} of one `map` output, without reading data (see RlFeaturizer.output_spec)."""
+    cfg, rc, s = self.cfg, self.rollout, self.cfg.max_seq_tokens
+    video = self._video_spec()
+    patch = self.processor.vision.patch_size
+    obs_patches = (rc.max_clip_frames + rc.max_clip_frames % 2) // 2 * (rc.obs_hw[0] // patch) * (rc.obs_hw[1] // patch)
+    return dict(tokens=((s,), np.int32), positions=((3, s), np.int32), valid=((s,), np.bool_),
+                mm_types=((s,), np.int32), loss_mask=((s,), np.float32), video_pixels=video["video_pixels"],
+                video_grid=video["video_grid"],
+                obs_pixels=((cfg.max_observations, obs_patches, video["video_pixels"][0][1]), np.float32),
+                obs_grid=((cfg.max_observations, 3), np.int32))

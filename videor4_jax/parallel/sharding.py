@@ -68,6 +68,11 @@ def param_shardings(config: ModelConfig, mesh, rules=LOGICAL_RULES):
   return nn.logical_to_mesh_sharding(param_logical_specs(config), mesh, rules)
 
 
+def row_shards(mesh) -> int:
+  """How many devices a batch's rows are split over: the mesh's data x fsdp."""
+  return int(mesh.shape["data"] * mesh.shape["fsdp"])
+
+
 def batch_sharding(mesh, ndim: int, batch_axis: int = 0) -> NamedSharding:
   spec = [None] * ndim
   spec[batch_axis] = ("data", "fsdp")

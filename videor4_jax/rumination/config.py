@@ -18,9 +18,9 @@ class RolloutConfig:
   clip_seconds_per_group: temporal M-RoPE scale of a clip observation (seconds per 2-frame group).
   compact_rows:     run a step's observation turn (vision tower + prefill) only on the rows that called a tool,
                     gathered into chunks of about B/4 rows (one-group outcomes in narrower chunks), and the end of
-                    a decode segment, once at most B/4 rows still run, on those rows only. Turn it off when the
-                    rows are sharded over devices: the gather by a traced row index would then move KV-cache rows
-                    between devices.
+                    a decode segment, once at most B/4 rows still run, on those rows only. Off when the rows are
+                    sharded over devices: the gather by a traced row index would then move KV-cache rows between
+                    devices. Runs set it from their mesh (`from_config`), not by hand.
   """
   max_steps: int = 4
   max_step_tokens: int = 48
@@ -42,3 +42,20 @@ class RolloutConfig:
     if any(s % 28 for s in self.obs_hw):
       raise ValueError(f"obs_hw={self.obs_hw}: both sides must be multiples of 28 (patch 14 x merge 2)")
     object.__setattr__(self, "obs_hw", tuple(self.obs_hw))
+
+
+def from_config(rollout: dict, row_shards: int) -> RolloutConfig:
+  """The run's RolloutConfig from the config's `rollout` block and the number of devices the rollout's rows are
+  split over (the mesh's data x fsdp). `compact_rows` there is "auto" (or absent): on for unsharded rows, off
+  for sharded ones; True with sharded rows is an error (it would move KV-cache rows between devices)."""
+  d = dict(rollout)
+  compact = d.pop("compact_rows", "auto")
+  if compact == "auto":
+    compact = row_shards == 1
+  elif compact is True and row_shards > 1:
+    raise ValueError(f"config.rollout.compact_rows=True but the rollout's rows are split over {row_shards} devices "
+                     f"(mesh data x fsdp): compacting them would gather KV-cache rows across devices; set it to "
+                     f"'auto' (off here) or False")
+  elif compact not in (True, False):
+    raise ValueError(f"config.rollout.compact_rows={compact!r}; expected 'auto', True or False")
+  return RolloutConfig(**d, compact_rows=bool(compact))

@@ -25,8 +25,8 @@ from videor4_jax.eval.loop import evaluate
 from videor4_jax.model import vlm
 from videor4_jax.convert import resolve
 from videor4_jax.parallel import distributed
-from videor4_jax.parallel.sharding import batch_sharding, make_mesh, param_shardings
-from videor4_jax.rumination.config import RolloutConfig
+from videor4_jax.parallel.sharding import batch_sharding, make_mesh, param_shardings, row_shards
+from videor4_jax.rumination import config as rollout_config
 from videor4_jax.rumination.env import make_env
 from videor4_jax.train import checkpoint as ckpt_lib
 from videor4_jax.train import grpo_stage
@@ -61,6 +61,37 @@ def validate_curriculum(cfg):
     if want not in schema.KINDS + ("all",):
       raise ValueError(f"config.stages.{n}.trajectories={want!r}; expected one of {schema.KINDS + ('all',)}")
   return names
+
+
+def stage_optimizer(cfg, stage):
+  """The stage's optimizer. Stage `steps` and `warmup_steps` count batches; the schedule counts optimizer
+  updates: batches x grpo.num_inner_steps (GRPO) / grad_accum (optax.MultiSteps averages grad_accum batches)."""
+  s = cfg.stages[stage]
+  accum = int(s.get("grad_accum", 1))
+  per_batch = int(cfg.grpo.get("num_inner_steps", 1)) if s.kind == "grpo" else 1
+  updates = lambda n: -(-n * per_batch // max(accum, 1))
+  total = max(updates(s.steps), 1)
+  # A stage shortened from the command line keeps a valid schedule: warmup never exceeds the stage.
+  warmup = min(updates(s.get("warmup_steps", 0)), total)
+  try:
+    return make_optimizer(OptimConfig(lr=s.lr, warmup_steps=warmup, total_steps=total, grad_accum=accum,
+                                      clip_norm=cfg.clip_norm, weight_decay=cfg.weight_decay,
+                                      freeze_vision=bool(s.get("freeze_vision", False))))
+  except ValueError as e:
+    raise ValueError(f"config.stages.{stage}: {e}") from e
+
+
+def check_divisible(cfg, stages, mesh):
+  """Every global batch (SFT rows, GRPO prompts and rollouts, eval rows) splits evenly over data x fsdp."""
+  n = mesh.shape["data"] * mesh.shape["fsdp"]
+  sizes = {f"stages.{k}.batch_size": cfg.stages[k].batch_size for k in stages}
+  sizes.update({f"stages.{k}.batch_size x grpo.num_generations": cfg.stages[k].batch_size *
+                cfg.grpo.num_generations for k in stages if cfg.stages[k].kind == "grpo"})
+  sizes["eval.batch_size"] = cfg.eval.batch_size
+  bad = {k: v for k, v in sizes.items() if v % n}
+  if bad:
+    raise ValueError(f"batch sizes {bad} are not divisible by the mesh's data x fsdp = {n} "
+                     f"(mesh_shape={tuple(mesh.shape.values())}); change the batch sizes or config.mesh_shape")
 
 
 def _sft_batch(b):
@@ -98,7 +129,10 @@ class Runner:
     self.gcfg, self.reward_cfgs = grpo_stage.validate(cfg, self.stages)
     for stage in self.stages:
       self._optimizer(stage)
-    self.rollout_cfg = RolloutConfig(**cfg.rollout.to_dict())
+    # Weights by the logical rules, batches over ("data", "fsdp"); jit propagates the rest (optimizer state).
+    self.mesh = make_mesh(tuple(cfg.get("mesh_shape", (-1, 1, 1))))
+    self.param_shardings = param_shardings(self.config, self.mesh)
+    self.rollout_cfg = rollout_config.from_config(cfg.rollout.to_dict(), row_shards(self.mesh))
     self.pcfg = pipeline.PipelineConfig(**cfg.pipeline.to_dict())
     check_observation_shapes(self.pcfg, self.rollout_cfg)
     resolve.check_compatible(self.config, self.processor, self.rollout_cfg)
@@ -108,28 +142,11 @@ class Runner:
     self.ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
     self.report_path = os.path.join(workdir, "report.json")
     self.skipped_steps = 0
-    # Weights by the logical rules, batches over ("data", "fsdp"); jit propagates the rest (optimizer state).
-    self.mesh = make_mesh(tuple(cfg.get("mesh_shape", (-1, 1, 1))))
-    self.param_shardings = param_shardings(self.config, self.mesh)
-    self._check_divisible()
+    check_divisible(cfg, self.stages, self.mesh)
 
   # ---- state ---------------------------------------------------------------------------------------------------
   def _optimizer(self, stage):
-    """The stage's optimizer. Stage `steps` and `warmup_steps` count batches; the schedule counts optimizer
-    updates: batches x grpo.num_inner_steps (GRPO) / grad_accum (optax.MultiSteps averages grad_accum batches)."""
-    s = self.cfg.stages[stage]
-    accum = int(s.get("grad_accum", 1))
-    per_batch = int(self.cfg.grpo.get("num_inner_steps", 1)) if s.kind == "grpo" else 1
-    updates = lambda n: -(-n * per_batch // max(accum, 1))
-    total = max(updates(s.steps), 1)
-    # A stage shortened from the command line keeps a valid schedule: warmup never exceeds the stage.
-    warmup = min(updates(s.get("warmup_steps", 0)), total)
-    try:
-      return make_optimizer(OptimConfig(lr=s.lr, warmup_steps=warmup, total_steps=total, grad_accum=accum,
-                                        clip_norm=self.cfg.clip_norm, weight_decay=self.cfg.weight_decay,
-                                        freeze_vision=bool(s.get("freeze_vision", False))))
-    except ValueError as e:
-      raise ValueError(f"config.stages.{stage}: {e}") from e
+    return stage_optimizer(self.cfg, stage)
 
   def _init_params(self):
     if self.init_dir:
@@ -152,7 +169,8 @@ class Runner:
     """The training split restricted to the stage's `trajectories` kind ("all": every example). SFT stages train
     on those gold trajectories; GRPO stages sample their prompts from them."""
     want = self.cfg.stages[stage].get("trajectories", "all")
-    src = self.source_fn("train")
+    dataset = self.cfg.stages[stage].get("data")          # the stage's data set, else config.data.name
+    src = self.source_fn("train", dataset) if dataset else self.source_fn("train")
     if want == "all":
       return src
     kinds = [str(src[i]["kind"], "utf-8") if isinstance(src[i]["kind"], bytes) else src[i]["kind"]
@@ -199,17 +217,6 @@ class Runner:
   def run_grpo(self, stage, state, start_step):
     return grpo_stage.run_grpo(self, stage, state, start_step)
 
-  def _check_divisible(self):
-    n = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-    sizes = {f"stages.{k}.batch_size": self.cfg.stages[k].batch_size for k in self.stages}
-    sizes.update({f"stages.{k}.batch_size x grpo.num_generations": self.cfg.stages[k].batch_size *
-                  self.cfg.grpo.num_generations for k in self.stages if self.cfg.stages[k].kind == "grpo"})
-    sizes["eval.batch_size"] = self.cfg.eval.batch_size
-    bad = {k: v for k, v in sizes.items() if v % n}
-    if bad:
-      raise ValueError(f"batch sizes {bad} are not divisible by the mesh's data x fsdp = {n} "
-                       f"(mesh_shape={tuple(self.mesh.shape.values())}); change the batch sizes or config.mesh_shape")
-
   def _place(self, state):
     """Every state leaf on the mesh: params keep their rule shardings, other leaves not yet there replicate."""
     from jax.sharding import NamedSharding, PartitionSpec
@@ -254,12 +261,16 @@ class Runner:
     out = {}
     for mode in ("rumination", "single_pass"):
       with jax.set_mesh(self.mesh):
-        res = evaluate(self.env, params, self.processor, self.source_fn(self.cfg.eval.split), dataclasses.replace(
+        res = evaluate(self.env, params, self.processor, self._eval_source(), dataclasses.replace(
           self.pcfg, batch_size=self.cfg.eval.batch_size), mode=mode, num_examples=self.cfg.eval.num_examples)
       out[mode] = res["summary"]
       self.writer.write(self.global_step, res["summary"], prefix=f"eval_{mode}/{stage}/")
     report["stages"][stage] = out
     self._write_report(report)
+
+  def _eval_source(self):
+    dataset = self.cfg.eval.get("data")
+    return self.source_fn(self.cfg.eval.split, dataset) if dataset else self.source_fn(self.cfg.eval.split)
 
   def _write_report(self, report):
     if not distributed.is_primary():

@@ -85,6 +85,15 @@ def _take_rows(batches, rows):
           for k in batches[0]}
 
 
+def train_batch(traj, advantages_b, keep_b) -> dict:
+  """The GRPO step's batch from a rollout's Trajectory: the generated tokens (forced ones excluded from the loss),
+  the recorded log-probs, and per-row advantages and keep flags."""
+  return dict(tokens=traj.tokens, positions=traj.positions, valid=traj.valid, mm_types=traj.mm_types,
+              loss_mask=traj.loss_mask * ~traj.forced, video_pixels=traj.video_pixels, video_grid=traj.video_grid,
+              obs_pixels=traj.obs_pixels, obs_grid=traj.obs_grid, logp=traj.logp, advantages=advantages_b,
+              keep=keep_b)
+
+
 def _draw(runner, stage, state, it, roll, key):
   """Roll out one prompt batch and score it: (train batch dict, reward terms, host metrics)."""
   cfg, gcfg, rcfg = runner.cfg, runner.gcfg, runner.reward_cfgs[stage]
@@ -107,9 +116,7 @@ def _draw(runner, stage, state, it, roll, key):
   adv = grpo.group_advantages(terms["total"], G, std_normalize=gcfg.std_normalize, eps=gcfg.adv_eps,
                               ddof=gcfg.adv_std_ddof)
   zero_var = grpo.zero_variance_groups(terms["total"], G)
-  b = dict(tokens=traj.tokens, positions=traj.positions, valid=traj.valid, mm_types=traj.mm_types,
-           loss_mask=traj.loss_mask * ~traj.forced, video_pixels=traj.video_pixels, video_grid=traj.video_grid,
-           obs_pixels=traj.obs_pixels, obs_grid=traj.obs_grid, logp=traj.logp, advantages=adv, keep=~zero_var)
+  b = train_batch(traj, adv, ~zero_var)
   called = host.actions.called
   hm = dict(called=np.asarray(called.sum(1)), errors=np.asarray((errors != 0).sum(1)),
             generated=np.asarray(host.num_generated))

@@ -1,4 +1,4 @@
-"""Analytic FLOP / byte counts and the roofline for bench/tpu_aot.py (pure arithmetic, no JAX).
+"""Analytic FLOP / byte counts and the roofline for the AOT fit check (train/aot.py; pure arithmetic).
 
 Conventions (PaLM appendix B): a matmul with N weights costs 2 N flops per token forward, 4 N backward; attention
 over a context of C keys costs 4 C H Dh flops per query token and layer forward (QK^T and AV; the full C, as our
@@ -6,7 +6,7 @@ masked attention computes it). Model flops of a train step = 3 x forward (+ the 
 hardware flops add what rematerialization recomputes. The roofline time of a phase is the largest of
 compute / peak, HBM bytes / HBM bandwidth and ICI bytes / ICI bandwidth (perfect overlap: a lower bound on the
 step time, so the MFU it gives is an upper bound). cost_analysis() of a scanned graph counts each scan or while
-body once (ENV_NOTES section 8), so these analytic counts, not XLA's, feed the roofline. The vision count is the
+body once, so these analytic counts, not XLA's, feed the roofline. The vision count is the
 model's (window blocks attend within a window); our tower computes window attention as a masked [N, N] product
 per item, which XLA's hardware count would show as more flops.
 """
@@ -104,3 +104,25 @@ def rollout_phases(d: Dims, *, rows: int, prompt: int, cache: int, steps: int, s
           ("prefill", pre / n_dev, w_local + kv_local, gather),
           ("observation_prefill", obs / n_dev, steps * (w_local + kv_local), steps * gather),
           ("decode", dec / n_dev, n_tok * (w_local + kv_local), n_tok * gather)]
+
+
+def dims_of(config, params_shapes) -> Dims:
+  """Dims of a ModelConfig from its parameter shapes (`jax.eval_shape(vlm.init_params, ...)`: any tree whose
+  leaves have `.shape`)."""
+  import numpy as np
+  p = params_shapes["params"]
+  count = lambda t: sum(int(np.prod(x.shape)) for x in _leaves(t))
+  n_all, n_vis, n_emb = count(p), count(p["visual"]), count(p["embed"])
+  n_head = int(np.prod(p["lm_head"]["kernel"].shape)) if "lm_head" in p else n_emb
+  t, v = config.text, config.vision
+  return Dims(n_text=n_all - n_vis - n_emb, n_head=n_head, n_vis=n_vis, n_all=n_all, layers=t.num_hidden_layers,
+              q_heads=t.num_attention_heads, head_dim=t.head_dim, vis_hidden=v.hidden_size, vis_depth=v.depth,
+              vis_full_blocks=len(v.fullatt_block_indexes), vis_window_patches=(v.window_size // v.patch_size) ** 2)
+
+
+def _leaves(tree):
+  if isinstance(tree, dict):
+    for v in tree.values():
+      yield from _leaves(v)
+  else:
+    yield tree

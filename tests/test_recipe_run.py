@@ -1,0 +1,60 @@
+"""configs/videor4_7b.py end to end on 8 CPU devices, changed by command-line flags only: model dims shrunk to a
+tiny real-format checkpoint (real vocabulary, real chat template, HF-saved sharded bf16), shapes shrunk for CPU,
+data built by `python -m videor4_jax.data.build` from the official M4-ViteVQA annotation layout and a
+trajectories file. Every stage runs 2 steps with the config's mesh axes (FSDP over all 8 devices) and evaluates."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fixtures_data import build_real_format_data
+from qwen_real import make_real_format_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The tiny checkpoint's architecture (tests/qwen_real.py TINY_REAL), given as flags: the checkpoint's config.json
+# must agree with every one of them (an explicit flag that disagrees is an error, convert/resolve.py).
+MODEL_FLAGS = {
+    "model.text.vocab_size": 151936, "model.text.hidden_size": 64, "model.text.intermediate_size": 128,
+    "model.text.num_hidden_layers": 2, "model.text.num_attention_heads": 4, "model.text.num_key_value_heads": 2,
+    "model.text.max_position_embeddings": 4096, "model.text.mrope_section": "(2,3,3)",
+    "model.vision.depth": 2, "model.vision.hidden_size": 32, "model.vision.intermediate_size": 64,
+    "model.vision.num_heads": 2, "model.vision.out_hidden_size": 64, "model.vision.fullatt_block_indexes": "(1,)",
+    "model.tie_word_embeddings": True}
+# CPU shapes: 4 frames of 112x112 (a 56x56 global view), 56x56 observations, 2 rumination steps of 16 tokens.
+SHAPE_FLAGS = {
+    "processor_overrides.video_max_pixels": 56 * 56, "pipeline.num_frames": 4, "pipeline.source_hw": "(112,112)",
+    "pipeline.max_prompt_tokens": 256, "pipeline.max_seq_tokens": 512, "pipeline.obs_hw": "(56,56)",
+    "pipeline.max_observations": 2, "pipeline.max_clip_frames": 4, "rollout.max_steps": 2,
+    "rollout.max_step_tokens": 16, "rollout.cache_len": 512, "rollout.obs_hw": "(56,56)",
+    "rollout.max_clip_frames": 4, "rollout.crop_min_px": 8, "grpo.num_generations": 2,
+    "eval.batch_size": 8, "eval.num_examples": 8, "log_every": 1}
+
+
+def test_videor4_7b_recipe_runs_every_stage_on_8_devices(tmp_path, qwen_tokenizer_dir):
+  ckpt = make_real_format_checkpoint(str(tmp_path / "Qwen2.5-VL-tiny"), qwen_tokenizer_dir)
+  data_dir = build_real_format_data(tmp_path)
+  flags = {**MODEL_FLAGS, **SHAPE_FLAGS, "init_from": ckpt, "data.data_dir": data_dir}
+  for stage in ("drp_sft", "rl_d", "crp_sft", "rl_c"):
+    flags[f"stages.{stage}.steps"], flags[f"stages.{stage}.batch_size"] = 2, 8
+  cmd = [sys.executable, "train.py", "--config", "configs/videor4_7b.py", "--workdir", str(tmp_path / "run")]
+  cmd += [f"--config.{k}={v}" for k, v in flags.items()]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3000)
+  assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+  with open(tmp_path / "run" / "report.json") as f:
+    report = json.load(f)
+  assert list(report["stages"]) == ["drp_sft", "rl_d", "crp_sft", "rl_c"]
+  for stage, res in report["stages"].items():
+    assert res["rumination"]["num_questions"] == 3, (stage, res)       # the built test split's 3 questions
+    assert res["single_pass"]["num_questions"] == 3
+  logged = [json.loads(line) for line in open(tmp_path / "run" / "logs" / "metrics.jsonl")]
+  for stage in ("drp_sft", "rl_d", "crp_sft", "rl_c"):
+    assert any(f"{stage}/loss" in m for m in logged), stage
+  final = tmp_path / "run" / "final_hf"
+  with open(final / "config.json") as f:
+    assert json.load(f)["text_config"]["vocab_size"] == 151936
+  with open(final / "tokenizer.json") as a, open(os.path.join(ckpt, "tokenizer.json")) as b:
+    assert json.load(a) == json.load(b)                                  # the checkpoint's own tokenizer
