@@ -115,7 +115,7 @@ def run_build(spec: str, data_dir: str, manual_dir: str | None = None, *extra: s
   return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=root)
 
 
-def build_real_format_data(tmp_path, n_videos: int = 4, n_trajectories: int = 8) -> str:
+def build_real_format_data(tmp_path, n_videos: int = 3, n_trajectories: int = 8) -> str:
   """Builds real-format data with the build command and returns its data_dir:
 
     m4_vitevqa/task1_split1   from official-layout ViteVQA_0.0.2_t1s1{train,val,test}.json + videos/sub/<id>.mp4:
