@@ -65,7 +65,9 @@ def main(argv):
   config = resolve.make_model_config(cfg, processor, ckpt, explicit)
   rollout_cfg = rollout_config.from_config(cfg.rollout.to_dict(), row_shards=1)   # one device, rows unsharded
   resolve.check_compatible(config, processor, rollout_cfg)
-  params = load_params(ckpt, config, jnp.dtype(flags.FLAGS.dtype))
+  # Evaluation runs on one device: each parameter is read lazily from the mmapped files, cast on the host and
+  # placed on it (convert/hf.load_params; shardings=None), so no second whole-model copy exists on the host.
+  params = load_params(ckpt, config, jnp.dtype(flags.FLAGS.dtype), shardings=None)
   if flags.FLAGS.dataset != "synthetic_textvideo":
     cfg.data.name = flags.FLAGS.dataset
   source = make_source_fn(cfg.data)(flags.FLAGS.split)

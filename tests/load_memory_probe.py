@@ -41,20 +41,23 @@ class PeakSampler:
 def main(path: str):
   import jax
   import jax.numpy as jnp
-  from videor4_jax.convert.hf import load_params, read_hf_config
-  from videor4_jax.parallel.sharding import make_mesh, param_shardings
-  config = read_hf_config(path)
-  shardings = param_shardings(config, make_mesh((1, -1, 1)))
+  import videor4_jax
+  from videor4_jax.parallel.sharding import make_mesh
+  mesh = make_mesh((1, -1, 1))                           # fsdp over every device
   jax.block_until_ready(jnp.zeros(8) + 1)               # backend up before the baseline
   before = anon_bytes()
   with PeakSampler() as sampler:
-    params = load_params(path, config, jnp.float32, shardings)
+    _, params = videor4_jax.from_pretrained(path, jnp.float32, mesh=mesh)
     jax.block_until_ready(params)
   peak = sampler.peak
-  leaves = jax.tree.leaves(params)
-  shard = max(len(x.addressable_shards) for x in leaves)
-  print(json.dumps({"growth_bytes": peak - before, "param_bytes": int(sum(x.nbytes for x in leaves)),
-                    "devices": jax.device_count(), "max_shards": shard}))
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  # Per parameter: the global shape and the shapes of the shards this process's devices hold.
+  shards = {jax.tree_util.keystr(k): {"shape": list(x.shape), "dtype": str(x.dtype),
+                                      "shard_shapes": [list(s.data.shape) for s in x.addressable_shards],
+                                      "expected_shard_shape": list(x.sharding.shard_shape(x.shape))}
+            for k, x in leaves}
+  print(json.dumps({"growth_bytes": peak - before, "param_bytes": int(sum(x.nbytes for _, x in leaves)),
+                    "devices": jax.device_count(), "params": shards}))
 
 
 if __name__ == "__main__":

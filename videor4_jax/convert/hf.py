@@ -4,7 +4,7 @@ Only `config.json` (JSON) and `*.safetensors` (numpy API) are read: loading neve
 """
 from __future__ import annotations
 
-import functools
+import gc
 import json
 import os
 
@@ -180,10 +180,16 @@ def read_hf_config(path: str, **jax_settings) -> ModelConfig:
     return config_from_hf_dict(json.load(f), **jax_settings)
 
 
-def from_pretrained(path: str, dtype=jnp.float32, **jax_settings):
-  """Loads an HF Qwen2.5-VL directory. Returns `(ModelConfig, {"params": ...})` with arrays of `dtype`."""
+def from_pretrained(path: str, dtype=jnp.float32, shardings_for=None, **jax_settings):
+  """Loads an HF Qwen2.5-VL directory. Returns `(ModelConfig, {"params": ...})` with arrays of `dtype`.
+
+  shardings_for: None (every parameter on the first device) or `config -> shardings` (e.g.
+  `lambda c: parallel.sharding.param_shardings(c, mesh)`; `videor4_jax.from_pretrained(..., mesh=...)` passes
+  that): each device's shard is then read for it and placed directly (see `load_params`).
+  """
   config = read_hf_config(path, param_dtype=jnp.dtype(dtype).name, dtype=jnp.dtype(dtype).name, **jax_settings)
-  return config, load_params(path, config, dtype)
+  shardings = shardings_for(config) if shardings_for is not None else None
+  return config, load_params(path, config, dtype, shardings)
 
 
 def _flax_shape(hf_shape, kind: str) -> tuple:
@@ -194,24 +200,47 @@ def _flax_shape(hf_shape, kind: str) -> tuple:
   return tuple(hf_shape)
 
 
-def _read_region(handle, hf: str, kind: str, index: tuple) -> np.ndarray:
-  """The region `index` (a tuple of slices, flax layout) of one tensor, reading only that region from disk where
-  the layout allows (copy and linear); a conv (the patch embedding, small) is read whole."""
+def _host_buffer(shape: tuple, dtype) -> np.ndarray:
+  """An uninitialized C-contiguous array whose data is 64-byte aligned: the CPU backend then adopts it as the
+  device buffer without a copy (an unaligned one is copied, and the source lingers until the next gc cycle)."""
+  dtype = np.dtype(dtype)
+  raw = np.empty(int(np.prod(shape)) * dtype.itemsize + 64, np.uint8)
+  offset = -raw.ctypes.data % 64
+  return raw[offset:offset + int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def _read_region(handle, hf: str, kind: str, index: tuple):
+  """The region `index` (a tuple of slices, flax layout) of one tensor in the file's dtype, possibly a transposed
+  view. Only that region is read from the file where the layout allows (copy and linear); the conv patch
+  embedding (small) is read whole."""
   sl = handle.get_slice(hf)
   if kind == "copy":
     return sl[index] if index else sl[:]
   if kind == "linear":
-    return sl[index[::-1]].T if index else sl[:].T
+    return (sl[index[::-1]] if index else sl[:]).T
   return _to_flax(sl[:], kind)[index]
+
+
+def _check_shapes(path, files, handles, fpath, group, want, stacked) -> None:
+  for hf, kind, _ in group:
+    if hf not in files:
+      raise CheckpointError(f"{path}: missing tensor {hf!r} (for params/{'/'.join(fpath)})")
+    hf_shape = tuple(handles[files[hf]].get_slice(hf).get_shape())
+    got = _flax_shape(hf_shape, kind)
+    if got != (want[1:] if stacked else want):
+      raise CheckpointError(f"{path}: tensor {hf!r} has shape {hf_shape} -> {got}, expected "
+                            f"{want[1:] if stacked else want} for params/{'/'.join(fpath)}")
 
 
 def load_params(path: str, config: ModelConfig, dtype=jnp.float32, shardings=None):
   """The weights of an HF directory in the layout of `config`, `{"params": ...}` of `dtype`.
 
-  Tensors are read lazily: every parameter is built by `jax.make_array_from_callback`, so each device gets its
-  own shard (given `shardings`, e.g. `parallel.sharding.param_shardings(config, mesh)`), read from disk for it
-  and converted to `dtype` shard by shard: there is no whole-model copy on the host nor on one device, and each
-  process reads only what its devices hold. Shapes are checked tensor by tensor before anything is read.
+  Every parameter is built by `jax.make_array_from_callback`: each device's shard (given `shardings`, e.g.
+  `parallel.sharding.param_shardings(config, mesh)`; else everything on the first device) is read from the
+  memory-mapped files for that device alone, cast to `dtype` on the host and transposed in one copy, and stacked
+  layers are assembled per shard. No parameter exists whole in the file's dtype, on the host or on a device,
+  each process reads only what its devices hold, and the transient host memory is about one shard
+  (tests/test_sharded_loading.py measures it). Shapes are checked tensor by tensor before anything is read.
   """
   import contextlib
   from collections import defaultdict
@@ -221,45 +250,40 @@ def load_params(path: str, config: ModelConfig, dtype=jnp.float32, shardings=Non
   for fpath, hf, kind, layer in mapping_table(config):
     rows[fpath].append((hf, kind, layer))
   default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  np_dtype = np.dtype(jnp.dtype(dtype))
   params: dict = {}
   with contextlib.ExitStack() as stack:
     handles = {f: stack.enter_context(safe_open(os.path.join(path, f), "np")) for f in sorted(set(files.values()))}
     for fpath, group in rows.items():
       want = tuple(_get(expected, fpath).shape)
       stacked = group[0][2] is not None
-      for hf, kind, _ in group:
-        if hf not in files:
-          raise CheckpointError(f"{path}: missing tensor {hf!r} (for params/{'/'.join(fpath)})")
-        got = _flax_shape(handles[files[hf]].get_slice(hf).get_shape(), kind)
-        if got != (want[1:] if stacked else want):
-          raise CheckpointError(f"{path}: tensor {hf!r} has shape {tuple(handles[files[hf]].get_slice(hf).get_shape())}"
-                                f" -> {got}, expected {want[1:] if stacked else want} for params/{'/'.join(fpath)}")
+      _check_shapes(path, files, handles, fpath, group, want, stacked)
 
       def region(index, group=group, stacked=stacked, want=want):
-        """The shard `index` of this parameter, in the file's dtype (a bf16 host buffer becomes the device
-        buffer without a copy on CPU; an fp32 conversion on the host would hold both)."""
-        index = tuple(index)
+        """This device's shard of the parameter in `dtype`: cast and transposed into one aligned buffer, layer
+        by layer for stacked parameters."""
+        index = tuple(index) or tuple(slice(None) for _ in want)
+        read = lambda i, idx: _read_region(handles[files[group[i][0]]], group[i][0], group[i][1], idx)  # noqa: E731
         if not stacked:
-          hf, kind, _ = group[0]
-          return np.ascontiguousarray(_read_region(handles[files[hf]], hf, kind, index))
-        layers = range(*index[0].indices(want[0])) if index else range(want[0])
-        return np.stack([_read_region(handles[files[group[i][0]]], group[i][0], group[i][1], index[1:])
-                         for i in layers])
+          x = read(0, index)
+          out = _host_buffer(x.shape, np_dtype)
+          out[...] = x
+          return out
+        layers = range(*index[0].indices(want[0]))
+        out = None
+        for j, i in enumerate(layers):
+          x = read(i, index[1:])
+          if out is None:
+            out = _host_buffer((len(layers),) + x.shape, np_dtype)
+          out[j] = x
+        return out
 
       sharding = _get(shardings["params"], fpath) if shardings is not None else default
-      stored = jax.make_array_from_callback(want, sharding, region)
-      # Converted on the devices, one parameter at a time: at most one parameter exists in both dtypes.
-      _set(params, fpath, stored if stored.dtype == dtype else _cast(stored, jnp.dtype(dtype), sharding))
+      _set(params, fpath, jax.make_array_from_callback(want, sharding, region))
+      # Host shards that were copied to their devices (any shard on TPU / GPU; unaligned ones on CPU) are held by
+      # a reference cycle inside make_array_from_callback until a gc pass: free them now, one parameter at a time.
+      gc.collect(0)
   return {"params": params}
-
-
-@functools.lru_cache(maxsize=None)
-def _caster(dtype, sharding):
-  return jax.jit(lambda x: x.astype(dtype), out_shardings=sharding)
-
-
-def _cast(x, dtype, sharding):
-  return _caster(dtype, sharding)(x)
 
 
 DEFAULT_MAX_SHARD_BYTES = 4 << 30      # hub checkpoints are sharded at a few GB

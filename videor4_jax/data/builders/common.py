@@ -17,6 +17,25 @@ from absl import logging
 SKIPPED_FILE = "skipped.jsonl"
 
 
+class ManualDirError(FileNotFoundError):
+  """The manual directory lacks the files a builder reads; the message names the expected files."""
+
+
+def split_jsonl_files(name: str, manual: str, splits: tuple[str, ...]) -> dict[str, str]:
+  """split -> `<manual>/<split>.jsonl` for the splits that have one; ManualDirError when none has."""
+  out = {s: os.path.join(manual, f"{s}.jsonl") for s in splits if os.path.isfile(os.path.join(manual, f"{s}.jsonl"))}
+  if not out:
+    raise ManualDirError(f"{name}: none of {[s + '.jsonl' for s in splits]} in manual dir {manual}")
+  return out
+
+
+def require_videos(name: str, manual: str, videos: dict[str, str], suffixes=(".mp4",)) -> None:
+  """ManualDirError when no video file lies anywhere below the manual dir (every record would be skipped)."""
+  if not videos:
+    raise ManualDirError(f"{name}: no video files ({', '.join('<video_id>' + s for s in suffixes)}) anywhere "
+                         f"below manual dir {manual}")
+
+
 def video_qa_features(**extra) -> tfds.features.FeaturesDict:
   """video: encoded mp4 bytes (or, for page sequences, an empty string with `pages` set)."""
   feats = {

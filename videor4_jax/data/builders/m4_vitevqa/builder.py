@@ -58,6 +58,18 @@ def row_error(r) -> str | None:
   return None
 
 
+def annotation_files(manual: str, config_name: str) -> dict[str, str]:
+  """split -> the config's `ViteVQA_0.0.2_<tag>.json` in the manual dir, for the splits that have one;
+  common.ManualDirError naming the expected files when none has."""
+  tags = _FILES[config_name]
+  out = {split: os.path.join(manual, f"ViteVQA_0.0.2_{tag}.json") for split, tag in tags.items()}
+  out = {split: path for split, path in out.items() if os.path.isfile(path)}
+  if not out:
+    raise common.ManualDirError(f"m4_vitevqa/{config_name}: none of "
+                                f"{[f'ViteVQA_0.0.2_{t}.json' for t in tags.values()]} in manual dir {manual}")
+  return out
+
+
 def read_annotations(ann_path: str) -> list:
   """The rows of an annotation file; a file that is not UTF-8 JSON of the v0.0.2 format is a ValueError naming it."""
   try:
@@ -92,18 +104,18 @@ class M4Vitevqa(tfds.core.GeneratorBasedBuilder):
             video_width=tfds.features.Scalar(dtype=np.int32),
             video_height=tfds.features.Scalar(dtype=np.int32)))
 
+  @classmethod
+  def manual_files(cls, manual: str, config_name: str) -> dict[str, str]:
+    """split -> annotation file; common.ManualDirError when the manual dir lacks them or holds no video."""
+    files = annotation_files(manual, config_name)
+    common.require_videos(f"m4_vitevqa/{config_name}", manual, common.index_files(manual, (".mp4",)))
+    return files
+
   def _split_generators(self, dl_manager):
     manual = os.fspath(dl_manager.manual_dir)
     videos = common.index_files(manual, (".mp4",))
-    out = {}
-    for split, tag in _FILES[self.builder_config.name].items():
-      path = os.path.join(manual, f"ViteVQA_0.0.2_{tag}.json")
-      if os.path.exists(path):
-        out[split] = self._generate_examples(split, path, videos)
-    if not out:
-      raise FileNotFoundError(f"m4_vitevqa/{self.builder_config.name}: no ViteVQA_0.0.2_<tag>.json for tags "
-                              f"{list(_FILES[self.builder_config.name].values())} in manual dir {manual}")
-    return out
+    return {split: self._generate_examples(split, path, videos)
+            for split, path in annotation_files(manual, self.builder_config.name).items()}
 
   def _generate_examples(self, split: str, ann_path: str, videos: dict[str, str]):
     rows = read_annotations(ann_path)

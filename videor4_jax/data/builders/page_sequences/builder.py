@@ -36,12 +36,14 @@ class PageSequences(tfds.core.GeneratorBasedBuilder):
         pages=tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
         num_frames=tfds.features.Scalar(dtype=np.int32)))
 
+  @classmethod
+  def manual_files(cls, manual: str, config_name: str | None = None) -> dict[str, str]:
+    """split -> `<split>.jsonl`; common.ManualDirError when there is none (pages are checked per record)."""
+    return common.split_jsonl_files(cls.name, manual, SPLITS)
+
   def _split_generators(self, dl_manager):
     manual = os.fspath(dl_manager.manual_dir)
-    out = {s: self._generate_examples(s, manual) for s in SPLITS if os.path.exists(os.path.join(manual, f"{s}.jsonl"))}
-    if not out:
-      raise FileNotFoundError(f"page_sequences: none of {[s + '.jsonl' for s in SPLITS]} in {manual}")
-    return out
+    return {s: self._generate_examples(s, manual) for s in common.split_jsonl_files(self.name, manual, SPLITS)}
 
   def _generate_examples(self, split: str, manual: str):
     log = common.SkipLog(self, split)
@@ -59,11 +61,15 @@ class PageSequences(tfds.core.GeneratorBasedBuilder):
 
   @staticmethod
   def _row(r: dict, manual: str, key: str) -> dict:
+    if not isinstance(r, dict):
+      raise ValueError(f"expected a JSON object, got {type(r).__name__}")
     missing = [k for k in ("qid", "doc_id", "question", "answers", "pages") if k not in r]
     if missing:
       raise KeyError(f"missing field(s) {missing}")
-    if not r["pages"] or not r["answers"]:
-      raise ValueError("fields 'pages' and 'answers' must be non-empty lists")
+    for k, types in (("pages", (str,)), ("answers", (str, int, float))):
+      if not isinstance(r[k], list) or not r[k] or not all(isinstance(x, types) for x in r[k]):
+        raise ValueError(f"field {k!r} must be a non-empty list of {'strings' if k == 'pages' else 'answers'}, "
+                         f"got {r[k]!r}")
     pages = []
     for p in r["pages"]:
       with open(os.path.join(manual, p), "rb") as f:

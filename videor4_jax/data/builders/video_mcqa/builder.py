@@ -98,14 +98,20 @@ class VideoMcqa(tfds.core.GeneratorBasedBuilder):
             answer=tfds.features.Text(), start_s=tfds.features.Scalar(dtype=np.float32),
             end_s=tfds.features.Scalar(dtype=np.float32), task=tfds.features.Text()))
 
+  @classmethod
+  def manual_files(cls, manual: str, config_name: str | None = None) -> dict[str, list[str]]:
+    """split -> its annotation files; common.ManualDirError naming the expected files when there is none
+    (videos may lie outside the manual dir, named by absolute paths: they are checked per record)."""
+    out = {s: files for s in SPLITS if (files := annotation_files(manual, s))}
+    if not out:
+      raise common.ManualDirError(f"video_mcqa: no annotation file <split>.json[l] or <split>/*.json[l] for "
+                                  f"splits {list(SPLITS)} in manual dir {manual}")
+    return out
+
   def _split_generators(self, dl_manager):
     manual = os.fspath(dl_manager.manual_dir)
     index = VideoIndex(manual)
-    out = {s: self._generate_examples(s, files, index) for s in SPLITS if (files := annotation_files(manual, s))}
-    if not out:
-      raise FileNotFoundError(f"video_mcqa: no annotation file <split>.json[l] or <split>/*.json[l] for splits "
-                              f"{list(SPLITS)} in manual dir {manual}")
-    return out
+    return {s: self._generate_examples(s, files, index) for s, files in self.manual_files(manual).items()}
 
   def _generate_examples(self, split: str, files: list[str], index: VideoIndex):
     log = common.SkipLog(self, split)

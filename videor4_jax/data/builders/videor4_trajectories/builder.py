@@ -33,14 +33,18 @@ class Videor4Trajectories(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(builder=self, description=__doc__,
                                  features=common.video_qa_features(num_frames=tfds.features.Scalar(dtype=np.int32)))
 
+  @classmethod
+  def manual_files(cls, manual: str, config_name: str | None = None) -> dict[str, str]:
+    """split -> `<split>.jsonl`; common.ManualDirError when there is none or no video below the manual dir."""
+    files = common.split_jsonl_files(cls.name, manual, SPLITS)
+    common.require_videos(cls.name, manual, common.index_files(manual, (".mp4",)))
+    return files
+
   def _split_generators(self, dl_manager):
     manual = os.fspath(dl_manager.manual_dir)
     videos = common.index_files(manual, (".mp4",))
-    out = {s: self._generate_examples(s, os.path.join(manual, f"{s}.jsonl"), videos)
-           for s in SPLITS if os.path.exists(os.path.join(manual, f"{s}.jsonl"))}
-    if not out:
-      raise FileNotFoundError(f"videor4_trajectories: none of {[s + '.jsonl' for s in SPLITS]} in {manual}")
-    return out
+    return {s: self._generate_examples(s, path, videos)
+            for s, path in common.split_jsonl_files(self.name, manual, SPLITS).items()}
 
   def _generate_examples(self, split: str, path: str, videos: dict[str, str]):
     log = common.SkipLog(self, split)
