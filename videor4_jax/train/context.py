@@ -126,8 +126,9 @@ def run_mesh(cfg) -> jax.sharding.Mesh:
 
 
 def rollout_config(cfg, mesh) -> RolloutConfig:
-  """The static rollout shapes and settings of the run (the GRPO rollouts, the SFT featurizer, evaluation)."""
-  del mesh      # the rollout settings do not depend on the mesh (yet)
+  """The static rollout shapes and settings of the run (the GRPO rollouts, the SFT featurizer, evaluation), for
+  rollouts on `mesh`. Built here only, so a setting that should follow the mesh is decided in one place."""
+  del mesh      # today every setting is the config's as given
   return RolloutConfig(**cfg.rollout.to_dict())
 
 

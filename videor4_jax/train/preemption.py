@@ -42,7 +42,9 @@ class PreemptionGuard:
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
+      # None: the previous handler was not installed from Python (e.g. by a C library); the default is the best
+      # Python can restore.
+      signal.signal(sig, signal.SIG_DFL if handler is None else handler)
     self._previous.clear()
     return False
 
