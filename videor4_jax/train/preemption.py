@@ -26,8 +26,8 @@ class Preempted(Exception):
 
 class PreemptionGuard:
   """Context manager: while open, SIGTERM sets a flag instead of terminating the process; the previous handler
-  is restored on exit. Outside the main thread (where Python cannot install handlers) it only reports the flag
-  set by `request_stop`."""
+  is restored on exit. Outside the main thread (where Python cannot install handlers) it installs nothing: its
+  own process then never asks to stop, though `stop_requested` still hears other processes."""
 
   def __init__(self, signals=(signal.SIGTERM,)):
     self._signals = tuple(signals)
@@ -54,9 +54,6 @@ class PreemptionGuard:
     # os.write, not print: a handler may run while the main thread is inside print on the same stream.
     os.write(2, f"received {signal.Signals(signum).name}: saving a checkpoint at the next step boundary, "
                 f"then exiting\n".encode())
-
-  def request_stop(self) -> None:
-    self._received = True
 
   def stop_requested(self) -> bool:
     """Whether any process got the signal. With several processes a collective: every process must call it at
