@@ -52,8 +52,7 @@ def main(argv):
     distributed.barrier("data")
   try:
     report = runner.run()
-  except Preempted as e:                  # SIGTERM: the checkpoint of this step is saved; exit 0, resume later
-    print(e, flush=True)
+  except Preempted:                       # SIGTERM: the Runner saved this step and said so; exit 0, resume later
     return
   if not distributed.is_primary():        # process 0 prints the report
     return
