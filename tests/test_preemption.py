@@ -13,7 +13,6 @@ import sys
 import textwrap
 
 import numpy as np
-import pytest
 
 from train_fixtures import small_config
 from videor4_jax.train.preemption import PreemptionGuard
@@ -41,7 +40,8 @@ def _records(workdir):
 
 
 def _metrics(recs):
-  return {(r["step"], k): v for r in recs for k, v in r.items() if k not in ("time", "step") and "tokens_per_s" not in k}
+  return {(r["step"], k): v for r in recs for k, v in r.items()
+          if k not in ("time", "step") and "tokens_per_s" not in k}
 
 
 def _run(cmd, env, term_on_line=None):
