@@ -1,7 +1,7 @@
-"""SIGTERM (preemption): train.py saves a complete checkpoint at the next step boundary and exits 0; the next
-start resumes there and the run ends with the metrics and final params of an uninterrupted run (bitwise). The
-guard alone: the handler only sets a flag and is uninstalled afterwards; with two processes, a SIGTERM to one makes
-both stop at the same boundary.
+"""SIGTERM (preemption): the run saves a complete checkpoint at the next step boundary and stops (train.py exits
+0); the next start resumes there, and the run ends with the metrics and final params of an uninterrupted run
+(bitwise; train.py in subprocesses, slow). The guard alone: the handler only sets a flag and is uninstalled
+afterwards; with two processes, a SIGTERM to one makes both stop at the same boundary.
 """
 import json
 import os
@@ -13,9 +13,10 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from train_fixtures import small_config
-from videor4_jax.train.preemption import PreemptionGuard
+from videor4_jax.train.preemption import Preempted, PreemptionGuard
 
 SFT, RL = 2, 4          # global steps 0..1 are drp_sft, 2..5 rl_d
 
@@ -58,6 +59,7 @@ def _run(cmd, env, term_on_line=None):
   return proc.returncode, "".join(lines)
 
 
+@pytest.mark.slow    # three train.py runs: 6 min wall, 2.4 min CPU on the loaded 2-core machine
 def test_sigterm_mid_grpo_saves_exits_0_and_resumes_like_an_uninterrupted_run(tmp_path):
   cfg = small_config(tmp_path / "data", drp_sft=SFT, rl_d=RL)
   cmd = [sys.executable, "train.py"]
@@ -93,6 +95,33 @@ def test_sigterm_mid_grpo_saves_exits_0_and_resumes_like_an_uninterrupted_run(tm
   from videor4_jax.convert.hf import from_pretrained
   final = lambda w: from_pretrained(str(w / "final_hf"))[1]               # noqa: E731
   jax.tree.map(np.testing.assert_array_equal, final(tmp_path / "a"), final(tmp_path / "b"))
+
+
+def test_sigterm_inside_sft_saves_that_step_and_the_restart_resumes_there(tmp_path, capsys):
+  """In-process (default suite): a SIGTERM arriving as SFT step 1 ends stops the Runner after that step with a
+  checkpoint of it (state, meta, grain iterator); the next Runner resumes at step 2 and runs to the end."""
+  from videor4_jax.data.sources import make_source_fn
+  from videor4_jax.train.curriculum import Runner
+  c = small_config(tmp_path / "data", drp_sft=4)
+  c.curriculum, c.checkpoint_every = "drp_sft", 1000       # no periodic checkpoint inside the stage
+
+  class SignalledRunner(Runner):
+    def after_step(self, stage, step_in_stage, *a):
+      if step_in_stage == 2:                                   # the signal lands while step 1 runs
+        os.kill(os.getpid(), signal.SIGTERM)
+      return super().after_step(stage, step_in_stage, *a)
+
+  source_fn = make_source_fn(c.data)
+  with pytest.raises(Preempted) as stopped:
+    SignalledRunner(c, str(tmp_path / "w"), source_fn).run()
+  assert stopped.value.global_step == 2
+  ckpts = tmp_path / "w" / "checkpoints"
+  assert sorted(n for n in os.listdir(ckpts) if n.isdigit()) == ["2"]
+  assert {"state", "meta", "data_iter"} <= set(os.listdir(ckpts / "2"))
+  assert "preempted: checkpoint of global step 2 saved" in capsys.readouterr().out
+  Runner(c, str(tmp_path / "w"), source_fn).run()
+  assert "resuming at stage 'drp_sft' step 2 (global step 2)" in capsys.readouterr().out
+  assert [r["step"] for r in _records(tmp_path / "w")] == [0, 1, 2, 3]         # every step once, none redone
 
 
 def test_guard_turns_sigterm_into_a_flag_and_restores_the_handler():
