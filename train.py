@@ -9,7 +9,8 @@ cluster (TPU pods, SLURM); on one machine give the coordinator and ranks, e.g. t
     XLA_FLAGS=--xla_force_host_platform_device_count=4 python train.py --coordinator_address=localhost:12355 \
         --num_processes=2 --process_id=0 ...   # and --process_id=1 in the second process
 
-Resumes from the newest complete checkpoint in the work directory (stage and step). Ends with an evaluation
+Resumes from the newest complete checkpoint in the work directory (stage and step). On SIGTERM (preemption) every
+process saves a checkpoint at the next step boundary and exits 0. Ends with an evaluation
 report: `<workdir>/report.json` (held-out accuracy with rumination and in single-pass mode after every stage,
 and the final HF-format checkpoint that eval.py accepts) and `<workdir>/learning.png` (accuracy per stage with and
 without rumination, GRPO reward per step).
@@ -48,6 +49,7 @@ def main(argv):
                      F.aot_graphs)
   from videor4_jax.data.sources import make_source_fn
   from videor4_jax.train.curriculum import Runner
+  from videor4_jax.train.preemption import Preempted
   # The processor, model config and their agreement are resolved (and any mismatch raised) before data is built.
   explicit = set(config_flags.get_override_values(F["config"]))
   runner = Runner(cfg, workdir, None, explicit)
@@ -56,7 +58,10 @@ def main(argv):
   runner.source_fn = make_source_fn(cfg.data)
   if distributed.is_primary():
     distributed.barrier("data")
-  report = runner.run()
+  try:
+    report = runner.run()
+  except Preempted:                       # SIGTERM: the Runner saved this step and said so; exit 0, resume later
+    return
   if not distributed.is_primary():        # process 0 prints the report
     return
   print("\n==== evaluation report (held-out split) ====")

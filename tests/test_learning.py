@@ -49,6 +49,7 @@ def test_reduced_run_learns_to_crop_on_the_text(tmp_path):
   from videor4_jax.data.sources import make_source_fn
   from videor4_jax.data.synthetic import SyntheticConfig
   from videor4_jax.eval.loop import evaluate
+  from videor4_jax.train.context import init_params
   from videor4_jax.train.curriculum import Runner
   cfg = tiny.get_config()
   cfg.data.data_dir = str(tmp_path / "data")
@@ -66,7 +67,7 @@ def test_reduced_run_learns_to_crop_on_the_text(tmp_path):
   task = SyntheticConfig(**cfg.data.task)
   ev = lambda params, mode: evaluate(runner.env, params, runner.processor, source_fn("test"), pcfg, mode=mode, progress=False)
 
-  before = ev(runner._init_params(), "rumination")
+  before = ev(init_params(runner.ctx), "rumination")
   runner.run()
   from videor4_jax.convert.hf import from_pretrained
   _, params = from_pretrained(str(tmp_path / "run" / "final_hf"))

@@ -52,7 +52,8 @@ def test_train_eval_export_on_a_real_format_checkpoint(real_ckpt, tmp_path):
   from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
   from videor4_jax.convert.hf import from_pretrained
   from videor4_jax.eval.loop import evaluate
-  from videor4_jax.train.curriculum import Runner
+  from videor4_jax.train.context import init_params
+  from videor4_jax.train.curriculum import Runner, sft_stream
   ckpt, kind = real_ckpt
   cfg, explicit = _config(tmp_path / "data", ckpt, export_max_shard_mb=8)
   cfg.eval.num_examples = 0                 # the per-stage eval report is the tiny run's; evaluated once below
@@ -61,7 +62,7 @@ def test_train_eval_export_on_a_real_format_checkpoint(real_ckpt, tmp_path):
   assert runner.processor.source == ckpt and runner.config.text.vocab_size == 151936
   assert runner.config.tie_word_embeddings == (kind == "tied") and runner.config.text.rope_theta == 1e6
   # The SFT batches are the directory's token ids: its video token, and ids far beyond the tiny vocabulary.
-  sft = next(runner._sft_stream("drp_sft"))
+  sft = next(sft_stream(runner.ctx, runner.source_fn, "drp_sft"))
   tokens = sft["tokens"][sft["valid"]]
   assert (tokens == VIDEO_PAD).sum() == 2 * 16 and tokens.max() > 150000
   assert "<|im_start|>assistant\n<think>" in runner.tok.decode(sft["tokens"][0][sft["valid"][0]])
@@ -71,7 +72,7 @@ def test_train_eval_export_on_a_real_format_checkpoint(real_ckpt, tmp_path):
   for stage in ("drp_sft", "rl_d", "crp_sft", "rl_c"):
     assert sum(f"{stage}/loss" in m for m in logged) == 2, stage
   # Eval prompts carry the directory's video token.
-  params = jax.device_put(runner._init_params(), runner.param_shardings)
+  params = init_params(runner.ctx)
   res, kept = evaluate(runner.env, params, runner.processor, runner.source_fn("test"), runner.pcfg, num_examples=2,
                        progress=False, keep_batches=True)
   assert (kept[0][0]["input_ids"] == VIDEO_PAD).sum() == kept[0][0]["input_ids"].shape[0] * 16

@@ -33,19 +33,19 @@ def test_compact_rows_follows_the_mesh(tmp_path):
   # The Runner sets it from its mesh: rows over 2 devices -> off; one device -> on.
   from videor4_jax.train.curriculum import Runner
   cfg = small_config(tmp_path / "data")
-  assert not Runner(cfg, str(tmp_path / "a"), None).rollout_cfg.compact_rows
+  assert not Runner(cfg, str(tmp_path / "a"), None).ctx.rollout_cfg.compact_rows
   cfg.mesh_shape = (1, 1, 1)
-  assert Runner(cfg, str(tmp_path / "b"), None).rollout_cfg.compact_rows
+  assert Runner(cfg, str(tmp_path / "b"), None).ctx.rollout_cfg.compact_rows
 
 
 @pytest.mark.parametrize("name", ["videor4_7b", "videor4_3b"])
 def test_recipe_configs_validate_and_need_a_checkpoint(name, tmp_path):
-  from videor4_jax.train import grpo_stage
-  from videor4_jax.train.curriculum import Runner, stage_optimizer, validate_curriculum
+  from videor4_jax.train.context import stage_optimizer, validate_curriculum, validate_grpo
+  from videor4_jax.train.curriculum import Runner
   cfg = load_config(name)
   stages = validate_curriculum(cfg)
-  assert stages == ["drp_sft", "rl_d", "crp_sft", "rl_c"]
-  gcfg, rewards = grpo_stage.validate(cfg, stages)          # every GRPO / reward field is a known, valid one
+  assert stages == ("drp_sft", "rl_d", "crp_sft", "rl_c")
+  gcfg, rewards = validate_grpo(cfg, stages)          # every GRPO / reward field is a known, valid one
   assert (gcfg.num_generations, gcfg.beta, gcfg.adv_std_ddof) == (8, 0.04, 1)
   assert rewards["rl_c"].w_div > 0 and rewards["rl_d"].w_div == 0
   for stage in stages:
@@ -71,7 +71,7 @@ def test_featurizer_output_specs_equal_what_map_returns(tmp_path, data_dir):
   runner = Runner(cfg, str(tmp_path / "run"), None)
   row = make_source_fn(cfg.data)("train")[0]
   for feat in (RlFeaturizer(runner.pcfg, runner.processor),
-               SftFeaturizer(runner.pcfg, runner.processor, runner.rollout_cfg, runner.config)):
+               SftFeaturizer(runner.pcfg, runner.processor, runner.ctx.rollout_cfg, runner.config)):
     out = feat.map(row)
     got = {k: (tuple(np.shape(v)), np.asarray(v).dtype) for k, v in out.items()}
     want = {k: (tuple(s), np.dtype(d)) for k, (s, d) in feat.output_spec().items()}
@@ -84,7 +84,6 @@ def test_aot_cpu_compiles_the_runs_functions_with_the_pipelines_shapes(tmp_path,
   import jax
   from videor4_jax.data.sources import make_source_fn
   from videor4_jax.train import aot
-  from videor4_jax.train.curriculum import Runner
   cfg = small_config(data_dir)
   cfg.mesh_shape = (1, 2, 1)                 # FSDP over 2 devices, as the recipe shards (over every chip)
   cfg.curriculum = "drp_sft,crp_sft,rl_d"    # three graphs (the eval rollout is the rollout's, greedy)
@@ -100,13 +99,13 @@ def test_aot_cpu_compiles_the_runs_functions_with_the_pipelines_shapes(tmp_path,
   whole = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(run.params))
   assert aot.device_bytes(run.params) < 0.75 * whole            # split over fsdp, not replicated
   # The batches the Runner's pipelines produce have the AOT shapes.
-  runner = Runner(cfg, str(tmp_path / "run"), make_source_fn(cfg.data))
+  from videor4_jax.train.curriculum import _sft_batch, rl_stream, sft_stream
+  source_fn = make_source_fn(cfg.data)
   sft = aot._sft_args(run, "drp_sft")[1]
-  real = next(runner._sft_stream("drp_sft"))
-  from videor4_jax.train.curriculum import _sft_batch
+  real = next(sft_stream(run.ctx, source_fn, "drp_sft"))
   assert {k: v.shape for k, v in _sft_batch(real).items()} == {k: v.shape for k, v in sft.items()}
   prompts = aot._rollout_args(run, cfg.stages.rl_d.batch_size)[1]
-  real = next(runner._rl_stream("rl_d"))
+  real = next(rl_stream(run.ctx, source_fn, "rl_d"))
   assert {k: (real[k].shape, real[k].dtype) for k in prompts} == {k: (v.shape, v.dtype) for k, v in prompts.items()}
 
 

@@ -9,7 +9,8 @@ import pytest
 from train_fixtures import small_config
 from videor4_jax.data.sources import make_source_fn
 from videor4_jax.train.checkpoint import CheckpointMismatch
-from videor4_jax.train.curriculum import Runner
+from videor4_jax.train.context import stage_optimizer
+from videor4_jax.train.curriculum import Runner, train_examples
 
 VOLATILE = ("time", "tokens_per_s")
 
@@ -25,11 +26,11 @@ class CrashingRunner(Runner):
     super().__init__(*a, **kw)
     self.crash_at = crash_at
 
-  def _maybe_save(self, *a, **kw):
-    if self.global_step == self.crash_at:
+  def after_step(self, *a, **kw):
+    if self.loop.global_step + 1 == self.crash_at:      # the step that ends at global step `crash_at` is lost
       self.ckpt.wait()
-      raise Crash(self.global_step)
-    return super()._maybe_save(*a, **kw)
+      raise Crash(self.crash_at)
+    return super().after_step(*a, **kw)
 
 
 def _metrics(workdir):
@@ -154,19 +155,22 @@ def test_stage_grad_accum_reaches_the_optimizer(data_dir, tmp_path):
   c = small_config(data_dir, rl_d=4)
   c.curriculum = "drp_sft,rl_d"
   c.stages.rl_d.update(grad_accum=2)
-  r = Runner(c, str(tmp_path / "w"), make_source_fn(c.data))
+  Runner(c, str(tmp_path / "w"), make_source_fn(c.data))        # the config the Runner accepts
   params = {"w": jnp.ones(3)}
-  assert isinstance(r._optimizer("rl_d").init(params), optax.MultiStepsState)
-  assert not isinstance(r._optimizer("drp_sft").init(params), optax.MultiStepsState)
+  assert isinstance(stage_optimizer(c, "rl_d").init(params), optax.MultiStepsState)
+  assert not isinstance(stage_optimizer(c, "drp_sft").init(params), optax.MultiStepsState)
 
 
 def test_stage_trajectories_pick_the_training_examples(data_dir, tmp_path):
   """SFT stages train on, and GRPO stages draw prompts from, the training examples of the stage's kind."""
   c = small_config(data_dir)
   c.stages.rl_d.trajectories, c.stages.rl_c.trajectories = "compositional", "all"
-  r = Runner(c, str(tmp_path / "w"), make_source_fn(c.data))
+  source_fn = make_source_fn(c.data)
+  Runner(c, str(tmp_path / "w"), source_fn)
   kind = lambda ex: ex["kind"].decode() if isinstance(ex["kind"], bytes) else ex["kind"]   # noqa: E731
-  kinds = lambda stage: [kind(ex) for ex in (r._train_examples(stage)[i] for i in range(len(r._train_examples(stage))))]
+  def kinds(stage):
+    src = train_examples(c, source_fn, stage)
+    return [kind(src[i]) for i in range(len(src))]
   everything = kinds("rl_c")
   assert {"deliberate", "compositional"} <= set(everything)
   assert set(kinds("drp_sft")) == {"deliberate"} and set(kinds("rl_d")) == {"compositional"}

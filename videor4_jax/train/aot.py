@@ -13,7 +13,6 @@ devices (no HBM bound, no roofline): the same code path, testable without libtpu
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 
 import jax
@@ -22,17 +21,14 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from videor4_jax.convert import resolve
-from videor4_jax.data import pipeline
-from videor4_jax.data.features import RlFeaturizer, SftFeaturizer, check_observation_shapes
+from videor4_jax.data.features import RlFeaturizer, SftFeaturizer
 from videor4_jax.model import vlm
-from videor4_jax.parallel.sharding import batch_sharding, make_mesh, param_shardings, row_shards
-from videor4_jax.rumination import config as rollout_config
-from videor4_jax.rumination.env import make_env
+from videor4_jax.parallel.sharding import batch_sharding, row_shards
 from videor4_jax.rumination.rollout import make_rollout_fn
 from videor4_jax.train import grpo_stage, roofline
-from videor4_jax.train.curriculum import _sft_batch, check_divisible, stage_optimizer, validate_curriculum
-from videor4_jax.train.steps import TrainState, grpo_step, sft_step
+from videor4_jax.train.context import RunContext, build_context, make_steps, stage_optimizer
+from videor4_jax.train.curriculum import _sft_batch
+from videor4_jax.train.steps import TrainState
 
 ROLLOUT_INPUTS = ("input_ids", "attention_mask", "pixel_values_videos", "video_grid_thw", "source_frames")
 
@@ -89,16 +85,12 @@ def device_bytes(tree) -> int:
 
 @dataclasses.dataclass
 class AbstractRun:
-  """What the Runner builds, as shapes and shardings."""
-  cfg: object
-  processor: object
-  config: object
-  mesh: object
-  rollout_cfg: object
-  pcfg: pipeline.PipelineConfig
-  env: object
+  """The Runner's context (train/context.py build_context, the same function) and its params as shapes."""
+  ctx: RunContext
   params: object          # abstract params with the rule shardings
-  stages: list
+
+  def __getattr__(self, name):      # cfg, processor, config, mesh, rollout_cfg, pcfg, env, stages, gcfg
+    return getattr(self.ctx, name)
 
   def batch(self, spec: dict, rows: int, replicated: bool = False) -> dict:
     rep = NamedSharding(self.mesh, P())
@@ -115,20 +107,10 @@ class AbstractRun:
 
 
 def abstract_run(cfg, devices, explicit=()) -> AbstractRun:
-  processor = resolve.make_processor(cfg, None, explicit)
-  config = resolve.make_model_config(cfg, processor, cfg.get("init_from") or None, explicit)
-  stages = validate_curriculum(cfg)
-  mesh = make_mesh(tuple(cfg.get("mesh_shape", (-1, 1, 1))), devices=devices)
-  check_divisible(cfg, stages, mesh)
-  rc = rollout_config.from_config(cfg.rollout.to_dict(), row_shards(mesh))
-  pcfg = pipeline.PipelineConfig(**cfg.pipeline.to_dict())
-  check_observation_shapes(pcfg, rc)
-  resolve.check_compatible(config, processor, rc)
-  env = make_env(config, rc, processor.tokenizer, pcfg.num_frames)
-  shapes = jax.eval_shape(lambda: vlm.init_params(config, jax.random.key(0)))
-  pshard = param_shardings(config, mesh)
-  params = jax.tree.map(lambda x, s: _sds(x.shape, config.param_dtype, s), shapes, pshard)
-  return AbstractRun(cfg, processor, config, mesh, rc, pcfg, env, params, stages)
+  ctx = build_context(cfg, "", explicit, devices)
+  shapes = jax.eval_shape(lambda: vlm.init_params(ctx.config, jax.random.key(0)))
+  params = jax.tree.map(lambda x, s: _sds(x.shape, ctx.config.param_dtype, s), shapes, ctx.param_shardings)
+  return AbstractRun(ctx, params)
 
 
 def _compile(run: AbstractRun, fn, args, name, stages, hbm, resident=0) -> GraphReport:
@@ -202,7 +184,7 @@ def roofline_times(run: AbstractRun, chip: str, n_dev: int) -> dict:
       hbm, ici = roofline.train_bytes(d, n_dev=n_dev, fsdp=fsdp, tensor=tensor, passes=passes, param_bytes=pbytes)
       out[stage] = dict(step_s=roofline.roofline(f["hw_flops"] / n_dev, hbm, ici, chip)[0])
       continue
-    gcfg, rc = grpo_stage.grpo_config(run.cfg), run.rollout_cfg
+    gcfg, rc = run.gcfg, run.rollout_cfg
     rows = s.batch_size * gcfg.num_generations
     kv = 2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim * jnp.dtype(run.config.dtype).itemsize
     phases = roofline.rollout_phases(d, rows=rows, prompt=run.pcfg.max_prompt_tokens, cache=rc.cache_len,
@@ -229,6 +211,7 @@ def compile_run(cfg, topology: str, explicit=(), graphs: str = "all") -> dict:
   run = abstract_run(cfg, devices, explicit)
   print(f"[aot] {topology}: {len(devices)} x {devices[0].device_kind}, mesh {dict(run.mesh.shape)}, "
         f"rollout compact_rows={run.rollout_cfg.compact_rows}", flush=True)
+  steps = make_steps(run.ctx)              # the Runner's own jitted programs
   reports, seen = [], {}
   last_state = None
   for stage in run.stages:
@@ -241,16 +224,13 @@ def compile_run(cfg, topology: str, explicit=(), graphs: str = "all") -> dict:
       continue
     if s.kind == "sft":
       state, batch = _sft_args(run, stage)
-      seen[key] = [_compile(run, jax.jit(functools.partial(sft_step, run.config)), (state, batch), "sft_step",
-                            [stage], hbm)] if want("sft_step") else []
+      seen[key] = [_compile(run, steps.sft, (state, batch), "sft_step", [stage], hbm)] if want("sft_step") else []
     else:
-      gcfg = grpo_stage.grpo_config(cfg)
-      ref = run.params if gcfg.beta > 0 else None
+      ref = run.params if run.gcfg.beta > 0 else None
       resident = device_bytes(state.opt_state) + (device_bytes(ref) if ref is not None else 0)
-      roll = make_rollout_fn(run.env, num_generations=gcfg.num_generations, temperature=gcfg.temperature)
+      roll, step = steps.rollout, steps.grpo
       args = _rollout_args(run, s.batch_size)
       batch = _grpo_batch(run, jax.eval_shape(roll, *args))
-      step = jax.jit(functools.partial(grpo_step, run.config, gcfg))
       seen[key] = ([_compile(run, roll, args, "rollout", [stage], hbm, resident)] if want("rollout") else []) + \
                   ([_compile(run, step, (state, batch, ref), "grpo_step", [stage], hbm)] if want("grpo_step") else [])
     reports += seen[key]

@@ -1,4 +1,4 @@
-"""The GRPO stage of the curriculum: config validation, the KL reference, and the rollout -> reward -> update loop.
+"""The GRPO stage kind of the curriculum: the KL reference and the rollout -> reward -> update loop.
 
 One iteration: roll out G generations per prompt with the current policy, score them (Video-R4 rewards), form
 group advantages, then take `num_inner_steps` GRPO updates on that batch. The KL reference is the policy at the
@@ -6,10 +6,9 @@ start of the stage (a frozen copy); it is written once when the stage starts so 
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import os
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -19,54 +18,25 @@ from videor4_jax.data.features import decode_strings
 from videor4_jax.eval.loop import final_segment
 from videor4_jax.parallel import distributed
 from videor4_jax.rl import grpo, rewards
-from videor4_jax.rumination.rollout import make_rollout_fn
 from videor4_jax.train import checkpoint as ckpt_lib
-from videor4_jax.train.steps import grpo_step
+from videor4_jax.train.context import LoopState, RunContext, Steps, shard_batch, warn_if_skipped
+from videor4_jax.train.steps import TrainState
 
 
-def _dataclass_from(cls, d: dict, where: str):
-  """`cls(**d)` with errors that name the config field; absent keys keep the dataclass defaults."""
-  fields = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(d) - fields)
-  if unknown:
-    raise ValueError(f"config.{where}: unknown field(s) {unknown}; known fields: {sorted(fields)}")
-  try:
-    return cls(**d)
-  except (ValueError, TypeError) as e:
-    raise ValueError(f"config.{where}: {e}") from e
-
-
-def grpo_config(cfg) -> grpo.GRPOConfig:
-  return _dataclass_from(grpo.GRPOConfig, cfg.grpo.to_dict(), "grpo")
-
-
-def reward_config(cfg, stage: str) -> rewards.RewardConfig:
-  r = cfg.stages[stage].get("rewards")
-  return _dataclass_from(rewards.RewardConfig, r.to_dict() if r is not None else {}, f"stages.{stage}.rewards")
-
-
-def validate(cfg, stages):
-  """(GRPOConfig, {stage: RewardConfig}) for the curriculum's GRPO stages; raises ValueError naming the field."""
-  rl = [s for s in stages if cfg.stages[s].kind == "grpo"]
-  if not rl:
-    return None, {}
-  return grpo_config(cfg), {s: reward_config(cfg, s) for s in rl}
-
-
-def kl_reference(runner, stage: str, state, start_step: int):
+def kl_reference(ctx: RunContext, stage: str, state: TrainState, start_step: int):
   """The stage's starting policy. Saved when the stage starts, restored when it resumes mid-way: taking the
   resumed policy instead would change the KL term (and every later step) of a resumed run."""
-  if runner.gcfg.beta == 0:
+  if ctx.gcfg.beta == 0:
     return None
-  path = os.path.join(runner.workdir, "kl_reference", stage)
+  path = os.path.join(ctx.workdir, "kl_reference", stage)
   if start_step == 0:
     ckpt_lib.save_tree(path, state.params)
     return state.params
   try:
-    return ckpt_lib.restore_tree(path, ckpt_lib.abstract_like(state.params, runner.param_shardings))
+    return ckpt_lib.restore_tree(path, ckpt_lib.abstract_like(state.params, ctx.param_shardings))
   except FileNotFoundError as e:
     raise FileNotFoundError(
-        f"{e}: resuming stage {stage!r} at step {start_step} with grpo.beta={runner.gcfg.beta} needs the KL reference "
+        f"{e}: resuming stage {stage!r} at step {start_step} with grpo.beta={ctx.gcfg.beta} needs the KL reference "
         f"(the policy at the start of the stage), written when the stage started. Resume with the code and config "
         f"that wrote the checkpoint, or start the run in a new workdir") from None
 
@@ -94,18 +64,18 @@ def train_batch(traj, advantages_b, keep_b) -> dict:
               keep=keep_b)
 
 
-def _draw(runner, stage, state, it, roll, key):
+def _draw(ctx: RunContext, rollout, stage: str, state: TrainState, data_iter, key):
   """Roll out one prompt batch and score it: (train batch dict, reward terms, host metrics)."""
-  cfg, gcfg, rcfg = runner.cfg, runner.gcfg, runner.reward_cfgs[stage]
-  G, s = gcfg.num_generations, cfg.stages[stage]
-  batch = next(it)
-  with jax.set_mesh(runner.mesh):
-    traj = roll(state.params, runner._shard({k: batch[k] for k in _INPUTS}, s.batch_size), key)
+  gcfg, rcfg = ctx.gcfg, ctx.reward_cfgs[stage]
+  G, s = gcfg.num_generations, ctx.cfg.stages[stage]
+  batch = next(data_iter)
+  with jax.set_mesh(ctx.mesh):
+    traj = rollout(state.params, shard_batch(ctx, {k: batch[k] for k in _INPUTS}, s.batch_size), key)
   # The text rewards are computed on the host, for the whole global batch, identically in every process.
-  host, answers = distributed.to_host((traj, runner._shard(
-      {k: batch[k] for k in ("answers", "num_answers")}, s.batch_size)))
+  host, answers = distributed.to_host((traj, shard_batch(
+      ctx, {k: batch[k] for k in ("answers", "num_answers")}, s.batch_size)))
   rows = host.tokens.shape[0]
-  finals = [final_segment(runner.tok.decode(host.tokens[i][host.loss_mask[i] > 0])) for i in range(rows)]
+  finals = [final_segment(ctx.tok.decode(host.tokens[i][host.loss_mask[i] > 0])) for i in range(rows)]
   golds = [decode_strings(answers["answers"][i // G], int(answers["num_answers"][i // G])) for i in range(rows)]
   errors = np.where(host.actions.called, host.actions.error, 0)
   acc, fmt, _ = rewards.score_texts(rcfg, finals, golds, errors)
@@ -123,53 +93,57 @@ def _draw(runner, stage, state, it, roll, key):
   return b, terms, hm
 
 
-def run_grpo(runner, stage: str, state, start_step: int):
-  cfg, gcfg = runner.cfg, runner.gcfg
-  G = gcfg.num_generations
-  s = cfg.stages[stage]
-  roll = make_rollout_fn(runner.env, num_generations=G, temperature=gcfg.temperature)
-  step_fn = jax.jit(functools.partial(grpo_step, runner.config, gcfg))
-  it = runner._resume_iter(runner._rl_stream(stage), start_step)
-  ref_params = kl_reference(runner, stage, state, start_step)
-  for step in range(start_step, s.steps):
+def _sample_batch(ctx: RunContext, rollout, stage: str, step: int, state: TrainState, data_iter, key):
+  """One training batch by dynamic sampling (rollout batches until `batch_size` groups have reward variance,
+  at most grpo.max_draws): (batch, reward terms, host metrics, dynamic-sampling stats, generated tokens)."""
+  G, batch_size = ctx.gcfg.num_generations, ctx.cfg.stages[stage].batch_size
+  draws = []
+
+  def draw(d):
+    draws.append(_draw(ctx, rollout, stage, state, data_iter, key if d == 0 else jax.random.fold_in(key, d)))
+    return np.asarray(distributed.to_host(draws[-1][0]["keep"])).reshape(-1, G)[:, 0]   # keep: variance > 0
+
+  picked, ds = grpo.dynamic_sample(draw, batch_size, ctx.gcfg.max_draws if ctx.gcfg.dynamic_sampling else 1)
+  generated = float(sum(d[2]["generated"].sum() for d in draws))
+  if ds["draws"] == 1:
+    return (*draws[0], ds, generated)
+  rows = np.asarray([(d * batch_size + g) * G + j for d, g in picked for j in range(G)])   # in the order picked
+  with jax.set_mesh(ctx.mesh):
+    b, terms = _take_rows([d[0] for d in draws], rows), _take_rows([d[1] for d in draws], rows)
+  hm = {k: np.concatenate([d[2][k] for d in draws])[rows] for k in draws[0][2]}
+  if ds["capped"]:
+    print(f"{stage} step {step}: dynamic sampling stopped at its cap of {ds['draws']} rollout batches with "
+          f"{ds['filled']} of {batch_size} informative groups; the rest of the batch has zero variance", flush=True)
+  return b, terms, hm, ds, generated
+
+
+def run_grpo(ctx: RunContext, steps: Steps, stage: str, state: TrainState, data_iter, loop: LoopState, writer,
+             after_step: Callable) -> TrainState:
+  """Steps `loop.step_in_stage` .. the stage's `steps` of a GRPO stage; `after_step(stage, step_in_stage, state,
+  data_iter)` ends each one (counts it, checkpoints, may stop the run)."""
+  G, s = ctx.gcfg.num_generations, ctx.cfg.stages[stage]
+  ref_params = kl_reference(ctx, stage, state, loop.step_in_stage)
+  for step in range(loop.step_in_stage, s.steps):
     t0 = time.time()
-    key = jax.random.fold_in(jax.random.key(cfg.seed), runner.global_step)
-    draws = []
-
-    def draw(d):
-      draws.append(_draw(runner, stage, state, it, roll, key if d == 0 else jax.random.fold_in(key, d)))
-      return np.asarray(distributed.to_host(draws[-1][0]["keep"])).reshape(-1, G)[:, 0]   # keep: variance > 0
-
-    picked, ds = grpo.dynamic_sample(draw, s.batch_size, gcfg.max_draws if gcfg.dynamic_sampling else 1)
-    if ds["draws"] == 1:
-      b, terms, hm = draws[0]
-    else:      # the picked groups' rows, in the order picked
-      rows = np.asarray([(d * s.batch_size + g) * G + j for d, g in picked for j in range(G)])
-      with jax.set_mesh(runner.mesh):
-        b, terms = _take_rows([d[0] for d in draws], rows), _take_rows([d[1] for d in draws], rows)
-      hm = {k: np.concatenate([d[2][k] for d in draws])[rows] for k in draws[0][2]}
-      if ds["capped"]:
-        print(f"{stage} step {step}: dynamic sampling stopped at its cap of {ds['draws']} rollout batches with "
-              f"{ds['filled']} of {s.batch_size} informative groups; the rest of the batch has zero variance",
-              flush=True)
+    key = jax.random.fold_in(jax.random.key(ctx.cfg.seed), loop.global_step)
+    b, terms, hm, ds, generated = _sample_batch(ctx, steps.rollout, stage, step, state, data_iter, key)
     keep_groups = np.asarray(distributed.to_host(b["keep"])).reshape(-1, G)[:, 0]
     if int(keep_groups.sum()) != ds["filled"]:      # the picked rows must be the groups dynamic_sample counted
       raise RuntimeError(f"{stage} step {step}: the batch holds {int(keep_groups.sum())} informative groups, "
                          f"dynamic sampling picked {ds['filled']}")
-    for _ in range(gcfg.num_inner_steps):
-      with jax.set_mesh(runner.mesh):
-        state, m = step_fn(state, b, ref_params)
+    for _ in range(ctx.gcfg.num_inner_steps):
+      with jax.set_mesh(ctx.mesh):
+        state, m = steps.grpo(state, b, ref_params)
       # Each inner step can be skipped (non-finite loss); warn per update, log the last one.
-      runner._warn_if_skipped(stage, step, jax.device_get(m))
+      warn_if_skipped(loop, stage, step, jax.device_get(m))
     m = {k: float(v) for k, v in jax.device_get(m).items()}
     m.update({f"reward/{k}": float(jnp.mean(v)) for k, v in terms.items()})
     m.update(rumination_rate=float((hm["called"] > 0).mean()), actions_per_rollout=float(hm["called"].mean()),
              invalid_action_rate=float(hm["errors"].sum() / max(hm["called"].sum(), 1)),
              zero_variance_frac=float(np.mean(~np.asarray(distributed.to_host(b["keep"])))),
              informative_frac=ds["informative_groups"] / ds["drawn_groups"], sampling_draws=ds["draws"],
-             tokens_per_s=float(sum(d[2]["generated"].sum() for d in draws)) / max(time.time() - t0, 1e-6))
+             tokens_per_s=generated / max(time.time() - t0, 1e-6))
     # Every GRPO step is logged (a step is seconds of rollout; the reward curve of learning.png reads them).
-    runner.writer.write(runner.global_step, m, prefix=f"{stage}/")
-    runner.global_step += 1
-    runner._maybe_save(stage, step + 1, state, it)
+    writer.write(loop.global_step, m, prefix=f"{stage}/")
+    after_step(stage, step + 1, state, data_iter)
   return state
