@@ -99,6 +99,32 @@ def test_grpo_raises_a_toy_reward():
   assert np.mean(means[-3:]) > means[0] + 0.2, means   # measured 0.31 -> 0.60
 
 
+def test_grpo_ratio_is_one_at_temperature_0_7():
+  """Rollout at temperature 0.7, trainer at the same GRPOConfig.temperature: the policy ratio of the first update
+  (old = the rollout's recorded log-probs) is 1 on every trained token. The check has power: the same tokens'
+  log-probs at temperature 1 differ from the recorded ones by far more than the bound."""
+  from videor4_jax.train.steps import sequence_logprobs
+  tok, config, params, env = make_setup()
+  G, T = 2, 0.7
+  traj = make_rollout_fn(env, num_generations=G, temperature=T)(params, make_prompts(tok, config, 2, seed=3),
+                                                                jax.random.key(3))
+  batch = dict(tokens=traj.tokens, positions=traj.positions, valid=traj.valid, mm_types=traj.mm_types,
+               loss_mask=traj.loss_mask * ~traj.forced, video_pixels=traj.video_pixels, video_grid=traj.video_grid,
+               obs_pixels=traj.obs_pixels, obs_grid=traj.obs_grid, logp=traj.logp,
+               advantages=jnp.asarray([1.0, -1.0, -1.0, 1.0]))
+  mask = np.asarray(batch["loss_mask"]) > 0
+  assert mask.sum() > 30
+  import optax
+  gcfg = grpo.GRPOConfig(num_generations=G, beta=0.0, temperature=T, aggregation="token_mean")
+  _, m = jax.jit(functools.partial(grpo_step, config, gcfg))(TrainState.create(params, optax.sgd(0.0)), batch)
+  # fp32 teacher forcing vs the rollout's cached decode: |logp diff| <= 1e-5 on likely tokens (test_rollout.py),
+  # so the ratio is 1 to ~1e-5; bound 1e-4.
+  assert abs(float(m["ratio_mean"]) - 1) < 1e-4 and abs(float(m["ratio_max"]) - 1) < 1e-4, m
+  assert float(m["clip_frac"]) == 0
+  at_t1 = np.asarray(sequence_logprobs(config, params, batch, temperature=1.0))[mask]
+  assert np.abs(at_t1 - np.asarray(traj.logp)[mask]).max() > 0.1
+
+
 def test_nan_batch_is_skipped():
   tok, config, params, env = make_setup()
   batch, _ = sft_batch()
