@@ -57,7 +57,7 @@ def test_scripted_correct_row_gets_the_reward_and_the_advantage(tmp_path, monkey
   G, B = cfg.grpo.num_generations, cfg.stages.rl_d.batch_size
   assert (G, B) == (2, 2)
   real_source_fn = make_source_fn(cfg.data)
-  golds = lambda i: [f"{i:03d}"]          # one distinct gold per record (the synthetic codes can repeat)
+  golds = lambda i: [chr(ord("A") + i) * 3]    # distinct golds with no common character: ANLS 0 across records
   source_fn = lambda split: Tagged(real_source_fn(split), golds)
   seen = dict(tags=[], acc=[], adv=[])
 
