@@ -95,8 +95,9 @@ def test_scripted_correct_row_gets_the_reward_and_the_advantage(tmp_path, monkey
   tok = runner.tok
   with contextlib.redirect_stdout(io.StringIO()):
     runner.run()
-  (tags,) = seen["tags"]
+  tags = seen["tags"][0]
   assert tags[0] == tags[1] != tags[2] == tags[3], tags     # the rollout repeats each prompt G times, in a row
   np.testing.assert_array_equal(seen["acc"][0], [0, 1, 0, 1])
+  assert len(seen["tags"]) == 1       # every group informative: dynamic sampling stopped after one rollout batch
   a = 0.5 / (0.5 + cfg.grpo.adv_eps)
   np.testing.assert_allclose(seen["adv"][0], [-a, a, -a, a], rtol=1e-6)
