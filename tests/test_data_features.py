@@ -38,14 +38,18 @@ def test_rl_batches_have_static_shapes(source):
     assert text.endswith("<|im_start|>assistant\n") and text.count("<|video_pad|>") == 16
 
 
-ROLLOUTS = {"defaults": dict(), "non_default": dict(crop_margin=0.1, crop_min_px=4, clip_seconds_per_group=0.5)}
+# Every RolloutConfig field the SFT featurizer reads, off its default (obs_hw: the defaults case uses the
+# pipeline's 112, the non-default case 84, set alike in the pipeline as the Runner requires).
+ROLLOUTS = {"defaults": dict(obs_hw=(112, 112)),
+            "non_default": dict(crop_margin=0.1, crop_min_px=4, clip_seconds_per_group=0.5, obs_hw=(84, 84))}
 
 
 @pytest.mark.parametrize("setting", list(ROLLOUTS))
 def test_sft_rows_match_the_rollout_executor(source, setting):
   """The observation of a gold action in SFT data is token-, pixel- and position-identical to the rollout's
-  in-graph one, for the default rollout settings and for non-default crop margin, minimum crop and clip seconds
-  per frame group (the featurizer takes the rollout's own RolloutConfig, so it cannot use other values)."""
+  in-graph one, for the default rollout settings and for non-default crop margin, minimum crop, clip seconds
+  per frame group and observation size (the featurizer takes the rollout's own RolloutConfig, so it cannot use
+  other values)."""
   from videor4_jax.model.config import ModelConfig, TextConfig, VisionConfig
   from videor4_jax.rumination.config import RolloutConfig
   from videor4_jax.rumination.env import make_env
@@ -57,9 +61,12 @@ def test_sft_rows_match_the_rollout_executor(source, setting):
                        vision=VisionConfig(depth=1, hidden_size=32, intermediate_size=32, num_heads=2,
                                            out_hidden_size=64, fullatt_block_indexes=(0,)),
                        image_token_id=tok.image_pad_id, video_token_id=tok.video_pad_id)
-  rollout = RolloutConfig(obs_hw=(112, 112), max_clip_frames=4, **ROLLOUTS[setting])
+  import dataclasses
+  rollout = RolloutConfig(max_clip_frames=4, **ROLLOUTS[setting])
   env = make_env(config, rollout, tok, num_frames=8)
-  feat = SftFeaturizer(CFG, PROC, rollout, config)
+  pcfg = dataclasses.replace(CFG, obs_hw=rollout.obs_hw)
+  feat = SftFeaturizer(pcfg, PROC, rollout, config)
+  obs_tokens = 2 * (rollout.obs_hw[0] // 14) * (rollout.obs_hw[1] // 14)     # patches of one 2-frame item
   rf = RlFeaturizer(CFG, PROC)
   from videor4_jax.model.vlm import init_params
   params = init_params(config, jax.random.key(0))
@@ -68,7 +75,7 @@ def test_sft_rows_match_the_rollout_executor(source, setting):
   for i in range(len(source)):
     row = source[i]
     ex = feat.map(row)
-    assert ex["tokens"].shape == (512,) and ex["obs_pixels"].shape == (2, 2 * 64, 1176)
+    assert ex["tokens"].shape == (512,) and ex["obs_pixels"].shape == (2, obs_tokens, 1176)
     assert ex["positions"].shape == (3, 512)
     assert ex["loss_mask"][~ex["valid"]].sum() == 0 and ex["loss_mask"].sum() > 10
     traj = json.loads(row["trajectory"])

@@ -8,12 +8,15 @@ the crop is read (accuracy >= 0.5), while the same weights answering in one pass
 Default suite (`test_reduced_rl_stage_beats_its_sft_checkpoint`, issue 19): a flawed teacher's crop trajectories,
 DRP-SFT then RL_d; GRPO raises held-out accuracy over the SFT checkpoint by a margin outside the seed spread.
 
-Slow (`test_default_config_learns_to_ruminate`): `python train.py` on the default tiny config; (a) held-out accuracy
-with rumination beats single-pass by >= 30 points; (b) each RL stage is >= 10 points above the SFT stage before
-it; the report carries rumination and invalid-action rates, and the run leaves learning.png.
+Slow (`test_default_config_learns_to_ruminate`, `test_each_rl_stage_beats_its_sft_stage`): `python train.py` on the
+default tiny config, one run per seed shared by both tests; (a) held-out accuracy with rumination beats single-pass
+by >= 30 points, the report carries rumination and invalid-action rates, and the run leaves learning.png; (b) each RL
+stage is >= 10 points above the SFT stage before it. CI runs seed 0 only (one run is ~15 minutes alone on 2 cores);
+`VIDEOR4_ALL_SEEDS=1` adds seeds 1 and 2, where (b) is not met yet (strict xfail with the measured gains).
 """
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -128,19 +131,51 @@ def test_reduced_rl_stage_beats_its_sft_checkpoint(tmp_path):
 REDUCED_RL_MARGIN = 0.25
 
 
+SEEDS = (0, 1, 2) if os.environ.get("VIDEOR4_ALL_SEEDS") == "1" else (0,)
+# (b) measured with the final config (README, Results): RL_d - DRP-SFT, RL_c - CRP-SFT in points.
+RL_GAINS = {0: (12.5, 27.1), 1: (12.5, 2.1), 2: (8.3, 16.7)}
+_RUNS = {}
+
+
+def _default_run(tmp_path_factory, seed):
+  """(workdir, report stages) of `python train.py` on the default config with data and init seed `seed`, run
+  once per seed for both tests below."""
+  if seed not in _RUNS:
+    d = tmp_path_factory.mktemp(f"default_seed{seed}")
+    proc = subprocess.run([sys.executable, "train.py", f"--workdir={d}", f"--config.data.data_dir={d}/data",
+                           f"--config.data.seed={seed}", f"--config.seed={seed}"],
+                          capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _RUNS[seed] = d, json.loads((d / "report.json").read_text())["stages"]
+  return _RUNS[seed]
+
+
 @pytest.mark.slow
-def test_default_config_learns_to_ruminate(tmp_path):
-  proc = subprocess.run([sys.executable, "train.py", f"--workdir={tmp_path}", f"--config.data.data_dir={tmp_path}/data"],
-                        capture_output=True, text=True, timeout=3600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  report = json.loads((tmp_path / "report.json").read_text())
-  stages = report["stages"]
+@pytest.mark.parametrize("seed", SEEDS)
+def test_default_config_learns_to_ruminate(tmp_path_factory, seed):
+  """(a), measured on seeds 0-2: 56.2, 39.6, 47.9 points (README, Results)."""
+  workdir, stages = _default_run(tmp_path_factory, seed)
   last = list(stages)[-1]
   ru, sp = stages[last]["rumination"], stages[last]["single_pass"]
   assert ru["accuracy"] - sp["accuracy"] >= 0.30, stages
-  # Every RL stage beats the SFT checkpoint it started from by >= 10 points (issue 19).
-  for rl, sft in (("rl_d", "drp_sft"), ("rl_c", "crp_sft")):
-    assert stages[rl]["rumination"]["accuracy"] - stages[sft]["rumination"]["accuracy"] >= 0.10, (rl, stages)
-  assert (tmp_path / "learning.png").stat().st_size > 0
+  assert (workdir / "learning.png").stat().st_size > 0
   assert all("rumination_rate" in r["rumination"] and "invalid_action_rate" in r["rumination"]
              for r in stages.values())
+
+
+def _rl_case(seed):
+  d, c = RL_GAINS[seed]
+  if min(d, c) >= 10:
+    return seed
+  return pytest.param(seed, marks=pytest.mark.xfail(strict=True, reason=(
+      f"target not met yet on seed {seed}: measured RL_d {d:+.1f}, RL_c {c:+.1f} points over their SFT stages "
+      f"(target +10 each; README, Results)")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [_rl_case(s) for s in SEEDS])
+def test_each_rl_stage_beats_its_sft_stage(tmp_path_factory, seed):
+  """(b): every RL stage >= the SFT checkpoint it started from + 10 points (issue 19)."""
+  _, stages = _default_run(tmp_path_factory, seed)
+  for rl, sft in (("rl_d", "drp_sft"), ("rl_c", "crp_sft")):
+    assert stages[rl]["rumination"]["accuracy"] - stages[sft]["rumination"]["accuracy"] >= 0.10, (rl, stages)

@@ -160,8 +160,11 @@ def test_bf16_params_run_close_to_fp32(ckpt):
   rel = np.abs(a - b).max() / np.abs(a).max()
   agree = (a.argmax(-1) == b.argmax(-1)).mean()
   print(f"bf16 vs fp32 logits: max|diff|/max|logit|={rel:.2e}, argmax agreement {agree:.2f}")
-  assert rel < 0.05, rel          # bf16 keeps 8 mantissa bits: about 1e-2 relative
-  assert agree > 0.8
+  # Measured on this prompt (rng 3): 7.7e-3 relative, argmax agreement 16/16; on prompts rng 3-8: 6.5e-3 to
+  # 7.8e-3, agreement 16/16 except rng 5 (15/16, a near tie). Bound: about twice the largest; at most one of 16
+  # argmaxes may flip.
+  assert rel < 0.016, rel
+  assert agree >= 15 / 16, agree
 
 
 def test_loading_errors_name_the_problem(ckpt, tmp_path):

@@ -43,18 +43,29 @@ def test_fps_sampling_and_variable_frame_rate():
   assert idx.tolist() == [0, 4, 6, 7]                             # nearest in time to 0, 2.67, 5.33, 8
 
 
-def test_grayscale_video_is_rgb(tmp_path):
+def test_grayscale_video_becomes_rgb_with_equal_channels_and_its_values(tmp_path):
+  """A gray H.264 video (flat frames of luma 40, 90, 140, 190): both views are RGB with three equal channels, and the
+  sampled frames 0 and 3 keep their values, read as the stream's (default, limited) range does: Y' 16..235 ->
+  0..255, i.e. (y - 16) * 255 / 219 = 27.9 and 202.6 (measured 27 and 202: within one level)."""
   buf = tmp_path / "g.mp4"
   with av.open(str(buf), "w") as c:
     s = c.add_stream("libx264", rate=5)
     s.width, s.height, s.pix_fmt = 32, 32, "gray"
     for i in range(4):
-      for p in s.encode(av.VideoFrame.from_ndarray(np.full((32, 32), 60 * i, np.uint8), format="gray")):
+      for p in s.encode(av.VideoFrame.from_ndarray(np.full((32, 32), 40 + 50 * i, np.uint8), format="gray")):
         c.mux(p)
     for p in s.encode():
       c.mux(p)
   v = load_video(str(buf), num_frames=2, source_hw=(28, 28), global_hw=(28, 28))
-  assert v["source_frames"].shape == (2, 28, 28, 3)
+  assert v["indices"].tolist() == [0, 3]
+  want = (np.array([40, 190]) - 16) * 255 / 219
+  for view in ("source_frames", "global_frames"):
+    x = v[view].astype(np.float64)
+    assert x.shape == (2, 28, 28, 3)
+    np.testing.assert_array_equal(x[..., 0], x[..., 1])
+    np.testing.assert_array_equal(x[..., 0], x[..., 2])
+    np.testing.assert_allclose(x[..., 0], np.broadcast_to(want[:, None, None], (2, 28, 28)), atol=1.0,
+                               err_msg=view)
 
 
 @pytest.mark.parametrize("bad", ["garbage", "truncated", "empty"])

@@ -45,13 +45,23 @@ def test_curiosity_hand_computed():
   np.testing.assert_allclose(np.asarray(r), want, atol=1e-6)
 
 
-def test_total_is_the_weighted_sum():
-  cfg = rewards.RewardConfig(w_format=0.5, w_div=0.1, w_rep=0.2, w_cur=1.0)
-  out = rewards.total_reward(cfg, acc_b=[1.0, 0.0], fmt_b=[1.0, 1.0], region_feats=jnp.ones((2, 3, 4)),
-                             region_mask=jnp.ones((2, 3), bool), video_feats=jnp.ones((2, 2, 4)),
-                             last_clip=jnp.array([[True, False], [False, False]]), num_actions_b=jnp.array([1, 0]),
-                             group_size=2)
-  want = out["accuracy"] + 0.5 * out["format"] + 0.1 * out["diversity"] + 0.2 * out["representativeness"] + \
-      out["curiosity"]
-  np.testing.assert_allclose(np.asarray(out["total"]), np.asarray(want), atol=1e-6)
-  assert float(out["representativeness"][0]) == pytest.approx(1.0) and float(out["representativeness"][1]) == 0.0
+def test_total_is_the_weighted_sum_with_every_term_non_zero():
+  """Row 0 has every term non-zero and non-default weights on all of them, so dropping or swapping any weight
+  changes its total; the expected values are worked out by hand from the inputs, not from the function's terms."""
+  cfg = rewards.RewardConfig(w_format=0.5, w_div=0.3, w_rep=0.2, w_cur=2.0)
+  out = rewards.total_reward(
+      cfg, acc_b=[1.0, 0.25], fmt_b=[1.0, 0.0],
+      # crops: row 0 two orthogonal regions (1 - cos = 1), row 1 two at 45 degrees (1 - 1/sqrt2)
+      region_feats=jnp.array([[[1.0, 0.0], [0.0, 3.0]], [[2.0, 0.0], [1.0, 1.0]]]),
+      region_mask=jnp.ones((2, 2), bool),
+      # global groups e1, e2 with the last clip on group 0 -> mean nearest distance sqrt2 / 2; row 1 on e1, e1
+      video_feats=jnp.array([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [4.0, 0.0]]]),
+      last_clip=jnp.array([[True, False], [False, True]]),
+      # one group of 2: rapr = 0.5 > H, so only the efficiency penalty: 0.05 * min(1 - 3, 0) = -0.1 on row 0
+      num_actions_b=jnp.array([3, 0]), group_size=2)
+  div, rep, cur = [1.0, 1 - 1 / np.sqrt(2)], [np.exp(-np.sqrt(2) / 2), 1.0], [-0.1, 0.0]
+  for k, v in (("diversity", div), ("representativeness", rep), ("curiosity", cur)):
+    np.testing.assert_allclose(np.asarray(out[k]), v, atol=1e-6, err_msg=k)
+  want = [1.0 + 0.5 * 1.0 + 0.3 * 1.0 + 0.2 * np.exp(-np.sqrt(2) / 2) + 2.0 * -0.1,    # 1.698614
+          0.25 + 0.5 * 0.0 + 0.3 * (1 - 1 / np.sqrt(2)) + 0.2 * 1.0 + 2.0 * 0.0]     # 0.537868
+  np.testing.assert_allclose(np.asarray(out["total"]), want, atol=1e-6)

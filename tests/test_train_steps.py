@@ -73,7 +73,12 @@ def videor4_jax_forward(config, params, rows, prompts):
 
 def test_grpo_raises_a_toy_reward():
   """Toy reward: 1 for rollouts whose first action is a crop. GRPO raises the policy's probability of choosing
-  crop (measured by teacher forcing, a noise-free proxy of the expected reward) and the sampled reward."""
+  crop (measured by teacher forcing, a noise-free proxy of the expected reward).
+
+  Measured (5 iterations; setup, prompt and key seed s): p_crop gain +0.129 (s = 1, this test: 0.493 -> 0.622),
+  +0.168 (s = 2), +0.082 (s = 3), +0.111 (s = 4). Bound +0.04, about half the smallest. The sampled reward (mean
+  over 32 rollouts) is not asserted: its change from the first batch to the mean of the last three was +0.31,
+  -0.18, 0.00 and -0.13 on seeds 1-4, noise at this batch size."""
   tok, config, params, env = make_setup(seed=1)
   G = 4
   gcfg = grpo.GRPOConfig(num_generations=G, beta=0.0, aggregation="token_mean")
@@ -95,8 +100,33 @@ def test_grpo_raises_a_toy_reward():
     state, metrics = step(state, batch)
     assert np.isfinite(float(metrics["loss"]))
   p1 = _p_crop(config, state.params, tok, prompts)
-  assert p1 > p0 + 0.1, (p0, p1, means)          # measured 0.52 -> 0.65
-  assert np.mean(means[-3:]) > means[0] + 0.2, means   # measured 0.31 -> 0.60
+  assert p1 > p0 + 0.04, (p0, p1, means)
+
+
+def test_grpo_ratio_is_one_at_temperature_0_7():
+  """Rollout at temperature 0.7, trainer at the same GRPOConfig.temperature: the policy ratio of the first update
+  (old = the rollout's recorded log-probs) is 1 on every trained token. The check has power: the same tokens'
+  log-probs at temperature 1 differ from the recorded ones by far more than the bound."""
+  from videor4_jax.train.steps import sequence_logprobs
+  tok, config, params, env = make_setup()
+  G, T = 2, 0.7
+  traj = make_rollout_fn(env, num_generations=G, temperature=T)(params, make_prompts(tok, config, 2, seed=3),
+                                                                jax.random.key(3))
+  batch = dict(tokens=traj.tokens, positions=traj.positions, valid=traj.valid, mm_types=traj.mm_types,
+               loss_mask=traj.loss_mask * ~traj.forced, video_pixels=traj.video_pixels, video_grid=traj.video_grid,
+               obs_pixels=traj.obs_pixels, obs_grid=traj.obs_grid, logp=traj.logp,
+               advantages=jnp.asarray([1.0, -1.0, -1.0, 1.0]))
+  mask = np.asarray(batch["loss_mask"]) > 0
+  assert mask.sum() > 30
+  import optax
+  gcfg = grpo.GRPOConfig(num_generations=G, beta=0.0, temperature=T, aggregation="token_mean")
+  _, m = jax.jit(functools.partial(grpo_step, config, gcfg))(TrainState.create(params, optax.sgd(0.0)), batch)
+  # fp32 teacher forcing vs the rollout's cached decode: |logp diff| <= 1e-5 on likely tokens (test_rollout.py),
+  # so the ratio is 1 to ~1e-5; bound 1e-4.
+  assert abs(float(m["ratio_mean"]) - 1) < 1e-4 and abs(float(m["ratio_max"]) - 1) < 1e-4, m
+  assert float(m["clip_frac"]) == 0
+  at_t1 = np.asarray(sequence_logprobs(config, params, batch, temperature=1.0))[mask]
+  assert np.abs(at_t1 - np.asarray(traj.logp)[mask]).max() > 0.1
 
 
 def test_nan_batch_is_skipped():
@@ -111,10 +141,14 @@ def test_nan_batch_is_skipped():
 
 def test_sharded_steps_equal_single_device():
   """SFT and GRPO steps on a (2, 2, 2) mesh (params by the logical rules, batch over data x fsdp) equal the
-  single-device steps: loss, grad norm and updated params."""
+  single-device steps: loss, grad norm and updated params. The batch is the biased fixture's rollouts (they call
+  tools, so observations are in it); the params are plain random ones, well conditioned (the biased fixture's
+  constant residual direction makes some gradients sums of terms ~100x larger than the result)."""
   from jax.sharding import NamedSharding, PartitionSpec as P
+  from videor4_jax.model import vlm
   from videor4_jax.parallel.sharding import make_mesh, param_shardings
-  tok, config, params, env = make_setup()
+  tok, config, _, env = make_setup()
+  params = vlm.init_params(config, jax.random.key(PARAMS_SEED))
   batch, traj = sft_batch(n=4)
   gbatch = dict(batch, loss_mask=batch["loss_mask"] * ~traj.forced,
                 advantages=jnp.asarray([1.0, -1.0, 0.5, -0.5]), logp=batch["logp"] - 0.01)
@@ -138,22 +172,23 @@ def test_sharded_steps_equal_single_device():
     assert got_state.params["params"]["decoder"]["layers"]["mlp"]["down_proj"]["kernel"].sharding.spec != P()
     for k in want:
       np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=2e-5, atol=2e-6, err_msg=f"{name}/{k}")
-    # Params moved by -grad: compare the gradients, relative to the largest gradient entry of each tensor
-    # (fp32 reductions over a different device split). GRPO's advantages of both signs cancel in the sum, so its
-    # gradients are small against their terms. Measured worst: 1.2e-4 (SFT), 6.9e-4 (GRPO). The exception is
-    # residual dim 0 of the RMSNorm scales: the fixture's constant bias direction (embedding dim 0 = 1.0, read by
-    # the LM head with weights up to 8), whose per-token gradient terms are ~100x the sum they cancel to
-    # (measured 1.0e-2 and 1.1e-2 relative on two machines); it gets its own bound.
-    tol = 1e-3 if name == "sft" else 3e-3
+    # Params moved by -grad: compare the gradients, relative to the largest gradient entry of each tensor (fp32
+    # reductions over another device split); measured values at SHARDED_GRAD_TOL below.
+    worst = []
+
     def close(path, got_p, want_p, p0):
       g_got, g_want = np.asarray(p0) - np.asarray(got_p), np.asarray(p0) - np.asarray(want_p)
-      err, scale = np.abs(g_got - g_want), np.abs(g_want).max() + 1e-12
-      key = jax.tree_util.keystr(path)
-      if key.startswith("['params']['decoder']") and key.endswith("['scale']"):
-        assert err[..., 0].max() / scale < 5e-2, (name, key, "dim 0", err[..., 0].max(), scale)
-        err = err[..., 1:]
-      assert err.max() / scale < tol, (name, key, err.max(), scale)
+      rel = np.abs(g_got - g_want).max() / (np.abs(g_want).max() + 1e-12)
+      worst.append((rel, jax.tree_util.keystr(path)))
     jax.tree_util.tree_map_with_path(close, got_state.params, want_state.params, params)
+    print(f"{name}: worst gradient error {max(worst)[0]:.2e} relative, at {max(worst)[1]}")
+    assert max(worst)[0] < SHARDED_GRAD_TOL, (name, sorted(worst)[-3:])
+
+
+PARAMS_SEED = 0
+# Worst gradient error relative to the tensor's largest gradient entry, measured with params seeds 0, 1, 2: SFT
+# 4.3e-5, 6.1e-5, 3.3e-5; GRPO 1.2e-6, 8.3e-7, 1.3e-6 (fp32 sums in another order; no per-tensor exceptions).
+SHARDED_GRAD_TOL = 1e-4
 
 
 def test_frozen_vision_tower_gets_no_update():
