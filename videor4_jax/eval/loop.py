@@ -108,17 +108,8 @@ def evaluate(env: RuminationEnv, params, processor, source, pcfg: pipeline.Pipel
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values_videos", "video_grid_thw",
                                     "source_frames")}
     traj = distributed.to_host(fn(params, inputs, jax.random.key(0)))
-    for i in range(b):
-      if not batch["row_ok"][i]:        # a record that failed to featurize (skipped and reported)
-        continue
-      gen = np.asarray(traj.tokens[i])[np.asarray(traj.loss_mask[i]) > 0]
-      text = tok.decode(gen) if mode == "rumination" else SINGLE_PASS_PREFIX + tok.decode(gen)
-      pred = extract_answer(final_segment(text))
-      golds = decode_strings(batch["answers"][i], int(batch["num_answers"][i]))
-      questions.append(dict(qid=decode_strings(batch["qid"][i])[0], question=decode_strings(batch["question"][i])[0],
-                            golds=golds, prediction=pred,
-                            accuracy=score(pred, golds), anls=metrics.anls(pred, golds),
-                            answered=bool(traj.answered[i]), actions=row_actions(traj, i), text=text))
+    # Rows whose record failed to featurize (skipped and reported) are left out.
+    questions += [_question_record(tok, batch, traj, i, mode, score) for i in range(b) if batch["row_ok"][i]]
     if keep_batches:
       kept.append((batch, traj, b))
     bar.update(b)
@@ -136,6 +127,17 @@ def evaluate(env: RuminationEnv, params, processor, source, pcfg: pipeline.Pipel
     summary["metric"] = "multiple_choice_accuracy"
   out = {"summary": summary, "questions": questions}
   return (out, kept) if keep_batches else out
+
+
+def _question_record(tok, batch, traj, i: int, mode: str, score) -> dict:
+  """Row i's result: its qid, question and golds from the batch, the generated text and its scored answer."""
+  gen = np.asarray(traj.tokens[i])[np.asarray(traj.loss_mask[i]) > 0]
+  text = tok.decode(gen) if mode == "rumination" else SINGLE_PASS_PREFIX + tok.decode(gen)
+  pred = extract_answer(final_segment(text))
+  golds = decode_strings(batch["answers"][i], int(batch["num_answers"][i]))
+  return dict(qid=decode_strings(batch["qid"][i])[0], question=decode_strings(batch["question"][i])[0], golds=golds,
+              prediction=pred, accuracy=score(pred, golds), anls=metrics.anls(pred, golds),
+              answered=bool(traj.answered[i]), actions=row_actions(traj, i), text=text)
 
 
 class _Prefix:
