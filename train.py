@@ -25,6 +25,8 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (clus
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs on one machine).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 flags.DEFINE_integer("process_id", None, "This process's rank in [0, num_processes).")
+flags.DEFINE_string("compilation_cache", "~/.cache/videor4_jax/jax_compilation_cache",
+                    "Persistent XLA compilation cache directory (a restart reuses the compiled steps); '' = off.")
 
 
 def main(argv):
@@ -32,6 +34,8 @@ def main(argv):
   from absl import logging
   logging.set_verbosity(logging.WARNING)   # Orbax / tfds INFO lines would drown the progress output
   F = flags.FLAGS
+  from videor4_jax.train import xla_cache
+  xla_cache.enable(F.compilation_cache)
   from videor4_jax.parallel import distributed
   if F.distributed or F.coordinator_address is not None:
     distributed.initialize(F.coordinator_address, F.num_processes, F.process_id)
