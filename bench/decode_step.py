@@ -91,8 +91,8 @@ def time_rollout(env, params, prompts, G, repeats=3):
 
 def read_bandwidth(mib: int, repeats: int = 5) -> float:
   """Bytes per second of a jitted float32 sum over a `mib` MiB buffer (median of `repeats`)."""
-  buf = jnp.ones((mib * 2 ** 20 // 4,), jnp.float32)
-  total = jax.jit(jnp.sum)
+  buf = jnp.ones((256, mib * 2 ** 20 // 4 // 256), jnp.float32)
+  total = jax.jit(lambda x: x.sum(axis=1))                # 256 row sums: the rows are split over the threads
   jax.block_until_ready(total(buf))
   runs = []
   for _ in range(repeats):
@@ -152,7 +152,7 @@ def main():
   if args.rollout_caches:
     time_rollouts(res, config, params, tok, s, args)
   res["machine"] = common.machine(threads, load_before=load_before, load_after=common.loadavg())
-  name = "decode_step.json" if args.model == "full" else "decode_step_quick.json"
+  name = f"decode_step{'' if args.model == 'full' else '_quick'}{'_unrolled' if args.layers == 'unrolled' else ''}.json"
   out = common.write_json(res, name, args.out)
   print("wrote", out)
   fr = [v["roofline_fraction"] for v in res["decode_ms_per_token"].values()]

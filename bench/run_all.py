@@ -30,8 +30,9 @@ def commands(quick: bool, threads: int) -> dict:
   return {
       "train_step": [["train_step.py", *q, *th]] + ([] if quick else [["train_step.py", "--quick", *th]]),
       "compile_cache": [["compile_cache.py", "--quick", *th]],
-      "decode_step": [["decode_step.py", "--model", "quick" if quick else "full", *th]
-                      + (["--rollout-caches", ""] if quick else [])],
+      "decode_step": [["decode_step.py", "--model", "quick" if quick else "full", "--layers", layers, *th]
+                      + (["--rollout-caches", ""] if quick or layers == "unrolled" else [])
+                      for layers in ("scanned", "unrolled")],
       "rollout": [["rollout.py", *q]],
       "compile_time": [["compile_time.py", *q]],
       "logprob_memory": [["logprob_memory.py", *q]],
@@ -64,7 +65,7 @@ def fmt_train(r, size):
     if k not in r:
       continue
     o, h = r[k]["ours"], r[k]["hf"]
-    out.append(f"{k.upper()} {size} ({c['params'] / 1e6:.1f}M, {c['B']} x {c['S']} slots, {c['layers']} layers): "
+    out.append(f"{k.upper()} {size} ({c['params'] / 1e6:.1f}M, {c['B']} x {c['S']} slots, {c['layers']} layers, {c['threads']} threads): "
                f"**{r[k]['ours_over_hf']:.2f}x** ({o['tokens_per_s']:.0f} vs {h['tokens_per_s']:.0f} tok/s; step "
                f"{o['wall']['median']:.3f} s [{o['wall']['min']:.3f}-{o['wall']['max']:.3f}] vs "
                f"{h['wall']['median']:.3f} s [{h['wall']['min']:.3f}-{h['wall']['max']:.3f}], {o['wall']['n']} runs "
@@ -89,15 +90,16 @@ def rows(quick: bool) -> list:
                 f"{cc['config']['layers']} layers)", "; ".join(
                     f"{k.upper()} {cold[k]['first_step_s']:.1f} s / {min(w[k]['first_step_s'] for w in warm):.1f} s "
                     f"(**{cc['cold_over_warm'][k]:.1f}x**)" for k in ("sft", "grpo")), "compile_cache_quick.json"))
-  ds = load("decode_step_quick.json" if quick else "decode_step.json")
-  if ds:
+  for ds in (load(f"decode_step{sfx}.json"), load(f"decode_step{sfx}_unrolled.json")):
+    if not ds:
+      continue
     c = ds["config"]
     per = "; ".join(f"S={S}: {v['ms']:.2f} ms, **{100 * v['roofline_fraction']:.0f}%**"
                     for S, v in ds["decode_ms_per_token"].items())
     roll = "; ".join(f"S={S}: {v['s']:.2f} s" for S, v in ds.get("rollout_s", {}).items())
-    out.append((f"decode token, {c['rows']} rows, {c['model']} model ({c['params'] / 1e6:.1f}M, {c['layers']}): ms "
-                f"and fraction of the memory roofline (read bandwidth {ds['read_bandwidth_gb_s']} GB/s measured)",
-                per + (f"; whole rollout {roll}" if roll else ""), os.path.basename("decode_step")))
+    out.append((f"decode token, {c['rows']} rows, {c['model']} model ({c['params'] / 1e6:.1f}M, {c['layers']} "
+                f"layers): ms and fraction of the memory roofline (read bandwidth {ds['read_bandwidth_gb_s']} GB/s, "
+                "measured in the same process)", per + (f"; whole rollout {roll}" if roll else ""), "decode_step*.json"))
   ro = load(f"rollout{sfx}.json")
   if ro:
     out.append(("rollout ours/HF tokens/s (bench/rollout.py)",
