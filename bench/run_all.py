@@ -65,8 +65,8 @@ def fmt_train(r, size):
     if k not in r:
       continue
     o, h = r[k]["ours"], r[k]["hf"]
-    out.append(f"{k.upper()} {size} ({c['params'] / 1e6:.1f}M, {c['B']} x {c['S']} slots, {c['layers']} layers, {c['threads']} threads): "
-               f"**{r[k]['ours_over_hf']:.2f}x** ({o['tokens_per_s']:.0f} vs {h['tokens_per_s']:.0f} tok/s; step "
+    out.append(f"{k.upper()} {size} ({c['params'] / 1e6:.1f}M, {c['B']} x {c['S']} slots, {c['layers']} layers, "
+               f"{c['threads']} threads): **{r[k]['ours_over_hf']:.2f}x** ({o['tokens_per_s']:.0f} vs {h['tokens_per_s']:.0f} tok/s; step "
                f"{o['wall']['median']:.3f} s [{o['wall']['min']:.3f}-{o['wall']['max']:.3f}] vs "
                f"{h['wall']['median']:.3f} s [{h['wall']['min']:.3f}-{h['wall']['max']:.3f}], {o['wall']['n']} runs "
                f"each ABAB; CPU-time ratio {r[k]['ours_over_hf_cpu_time']:.2f}x); first step ours "
@@ -99,7 +99,8 @@ def rows(quick: bool) -> list:
     roll = "; ".join(f"S={S}: {v['s']:.2f} s" for S, v in ds.get("rollout_s", {}).items())
     out.append((f"decode token, {c['rows']} rows, {c['model']} model ({c['params'] / 1e6:.1f}M, {c['layers']} "
                 f"layers): ms and fraction of the memory roofline (read bandwidth {ds['read_bandwidth_gb_s']} GB/s, "
-                "measured in the same process)", per + (f"; whole rollout {roll}" if roll else ""), "decode_step*.json"))
+                "measured in the same process)", per + (f"; whole rollout {roll}" if roll else ""),
+                "decode_step*.json"))
   ro = load(f"rollout{sfx}.json")
   if ro:
     out.append(("rollout ours/HF tokens/s (bench/rollout.py)",
@@ -120,8 +121,8 @@ def rows(quick: bool) -> list:
   if lm:
     c = lm["config"]
     out.append((f"log-prob head, value_and_grad, T={c['T']}, V={c['V']}, D={c['D']}",
-                f"temp {lm['ours']['temp_bytes'] / 2 ** 30:.2f} GiB (ours) vs {lm['dense']['temp_bytes'] / 2 ** 30:.2f} "
-                f"GiB (dense); [B,T,V] buffers: ours {len(lm['ours']['btv_buffers'])}, dense "
+                f"temp {lm['ours']['temp_bytes'] / 2 ** 30:.2f} GiB (ours) vs "
+                f"{lm['dense']['temp_bytes'] / 2 ** 30:.2f} GiB (dense); [B,T,V] buffers: ours {len(lm['ours']['btv_buffers'])}, dense "
                 f"{len(lm['dense']['btv_buffers'])}", f"logprob_memory{sfx}.json"))
   dp = load("data_pipeline.json")
   if dp and "decode" in dp:
