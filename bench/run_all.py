@@ -66,7 +66,8 @@ def fmt_train(r, size):
       continue
     o, h = r[k]["ours"], r[k]["hf"]
     out.append(f"{k.upper()} {size} ({c['params'] / 1e6:.1f}M, {c['B']} x {c['S']} slots, {c['layers']} layers, "
-               f"{c['threads']} threads): **{r[k]['ours_over_hf']:.2f}x** ({o['tokens_per_s']:.0f} vs {h['tokens_per_s']:.0f} tok/s; step "
+               f"{c['threads']} threads): **{r[k]['ours_over_hf']:.2f}x** ({o['tokens_per_s']:.0f} vs "
+               f"{h['tokens_per_s']:.0f} tok/s; step "
                f"{o['wall']['median']:.3f} s [{o['wall']['min']:.3f}-{o['wall']['max']:.3f}] vs "
                f"{h['wall']['median']:.3f} s [{h['wall']['min']:.3f}-{h['wall']['max']:.3f}], {o['wall']['n']} runs "
                f"each ABAB; CPU-time ratio {r[k]['ours_over_hf_cpu_time']:.2f}x); first step ours "
@@ -122,7 +123,8 @@ def rows(quick: bool) -> list:
     c = lm["config"]
     out.append((f"log-prob head, value_and_grad, T={c['T']}, V={c['V']}, D={c['D']}",
                 f"temp {lm['ours']['temp_bytes'] / 2 ** 30:.2f} GiB (ours) vs "
-                f"{lm['dense']['temp_bytes'] / 2 ** 30:.2f} GiB (dense); [B,T,V] buffers: ours {len(lm['ours']['btv_buffers'])}, dense "
+                f"{lm['dense']['temp_bytes'] / 2 ** 30:.2f} GiB (dense); [B,T,V] buffers: ours "
+                f"{len(lm['ours']['btv_buffers'])}, dense "
                 f"{len(lm['dense']['btv_buffers'])}", f"logprob_memory{sfx}.json"))
   dp = load("data_pipeline.json")
   if dp and "decode" in dp:
