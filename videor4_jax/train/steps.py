@@ -48,8 +48,8 @@ def _update_if(update, state: TrainState, grads) -> TrainState:
   """The optimizer step when `update` (a traced bool), else the state bitwise unchanged.
 
   A `lax.cond`, not `where(update, new, old)` over the tree: the select read params, both Adam moments and their
-  updated copies once more per step (~15% of the quick CPU train step, bench/train_step.py), and the
-  skipped branch does no optimizer work at all.
+  updated copies once more per step (the quick CPU SFT step, scanned layers, one thread: 0.396 -> 0.373 s of CPU
+  time; README, benchmarks), and a skipped step does no optimizer work at all.
   """
   return jax.lax.cond(update, lambda s, g: s.apply_gradients(g), lambda s, g: s, state, grads)
 
