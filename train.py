@@ -31,6 +31,8 @@ flags.DEFINE_string("aot_graphs", "all", "With --aot_topology: the functions to 
 flags.DEFINE_string("aot_topology", None, "Only check the run fits: compile its functions for this TPU topology "
                     "(e.g. v5p:2x2x4, v5e:4x4; needs the tpu-aot extra) or 'cpu' (this host's devices), print "
                     "per-chip memory and roofline step times, exit 1 if anything does not fit. Reads no weights.")
+flags.DEFINE_string("compilation_cache", "~/.cache/videor4_jax/jax_compilation_cache",
+                    "Persistent XLA compilation cache directory (a restart reuses the compiled steps); '' = off.")
 
 
 def main(argv):
@@ -38,6 +40,8 @@ def main(argv):
   from absl import logging
   logging.set_verbosity(logging.WARNING)   # Orbax / tfds INFO lines would drown the progress output
   F = flags.FLAGS
+  from videor4_jax.train import xla_cache
+  xla_cache.enable(F.compilation_cache)
   from videor4_jax.parallel import distributed
   if F.distributed or F.coordinator_address is not None:
     distributed.initialize(F.coordinator_address, F.num_processes, F.process_id)

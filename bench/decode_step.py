@@ -1,8 +1,17 @@
-"""Cost of one rollout decode token vs the static cache length (issue 9: the step was O(cache_len) copies).
+"""Cost of one rollout decode token vs the static cache length (issue 9: the step was O(cache_len) copies), and
+the fraction of this machine's memory-bandwidth roofline it reaches.
 
-  python bench/decode_step.py [--caches 64,320,1280] [--rollout-caches 320,640,1280] [--out ...]
+  python bench/decode_step.py [--model full|quick] [--layers scanned|unrolled] [--rows 16] [--caches 64,320,1280]
+                              [--rollout-caches 320,640,1280] [--threads N] [--out ...]
 
-Model: the `bench/rollout.py --quick` model (10.8M params), 16 rows, fp32.
+Model: a `bench/rollout.py` model (`--model full`: 51.5M params, the default; `quick`: 10.8M), fp32, 16 rows.
+
+  roofline  one decode step must read every decoder weight and the LM head once (shared by the rows) and each
+            row's valid keys / values of every layer: bytes = 4 * (decoder + head params) + 2 * 4 * L * rows *
+            used_slots * Hkv * Dh, with used_slots the mean filled length over the timed tokens (the minimum a
+            step reads; the bucketed prefix it really reads is longer). The read bandwidth is measured in the same
+            process and threads: a jitted sum over a float32 buffer of `--bw-mib` MiB (far larger than the
+            caches), median of 5. Fraction = (bytes / measured step time) / bandwidth.
 
   decode    a jitted `fori_loop` of K single-token `vlm.decode` calls carrying the KV cache (prefill of P tokens
             first, not timed), at each cache length S; every row writes at its own slot (a `[B]` write index, as
@@ -12,14 +21,16 @@ Model: the `bench/rollout.py --quick` model (10.8M params), 16 rows, fp32.
 """
 from __future__ import annotations
 
-import argparse, functools, json, os, sys, time  # noqa: E401
+import argparse, functools, os, sys, time  # noqa: E401
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import common  # noqa: E402
 from bench.rollout import SETTINGS, biased_params, make_prompts, model_config  # noqa: E402
 from videor4_jax import RolloutConfig, make_env, make_rollout_fn  # noqa: E402
 from videor4_jax.model import vlm  # noqa: E402
@@ -78,24 +89,82 @@ def time_rollout(env, params, prompts, G, repeats=3):
   return float(np.median(runs)), [round(r, 3) for r in runs], traj
 
 
+def read_bandwidth(mib: int, repeats: int = 5) -> float:
+  """Bytes per second of a jitted float32 sum over a `mib` MiB buffer (median of `repeats`)."""
+  buf = jnp.ones((256, mib * 2 ** 20 // 4 // 256), jnp.float32)
+  total = jax.jit(lambda x: x.sum(axis=1))                # 256 row sums: the rows are split over the threads
+  jax.block_until_ready(total(buf))
+  runs = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(total(buf))
+    runs.append(time.perf_counter() - t0)
+  return buf.nbytes / float(np.median(runs))
+
+
+def step_bytes(config, rows: int, used_slots: float) -> float:
+  """Bytes one decode step must read: decoder + LM head weights once, the rows' used KV of every layer."""
+  t = config.text
+  p = jax.eval_shape(lambda: vlm.init_params(config, jax.random.key(0)))["params"]
+  weights = sum(x.size for x in jax.tree.leaves(p["decoder"])) + t.hidden_size * t.vocab_size
+  kv = 2 * t.num_hidden_layers * rows * used_slots * t.num_key_value_heads * t.head_dim
+  return 4.0 * (weights + kv)
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--model", choices=("full", "quick"), default="full")
+  ap.add_argument("--layers", choices=("scanned", "unrolled"), default="scanned",
+                  help="scanned (the default config) or unrolled layers (scan_layers=False)")
+  ap.add_argument("--rows", type=int, default=16)
   ap.add_argument("--caches", default="64,320,1280")
-  ap.add_argument("--rollout-caches", default="320,640,1280")
+  ap.add_argument("--rollout-caches", default="320,640,1280", help="'' skips the whole-rollout timing")
   ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--threads", type=int, default=None)
+  ap.add_argument("--bw-mib", type=int, default=1024)
   ap.add_argument("--out", default=None)
   args = ap.parse_args()
-  s = SETTINGS["quick"]
+  threads = common.set_threads(args.threads)
+  load_before = common.loadavg()
+  s = SETTINGS[args.model]
   tok = Tokenizer.tiny()
   config = model_config(tok, s)
   params = biased_params(config, tok, **s["bias"])
-  rows = s["B"] * s["G"]
-  res = dict(decode_ms_per_token={}, rollout_s={}, machine=dict(loadavg=[round(x, 2) for x in os.getloadavg()]))
+  if args.layers == "unrolled":
+    config, params = config.replace(scan_layers=False), vlm.unstack_layers(config, params)
+  rows = args.rows
+  bw = read_bandwidth(args.bw_mib)
+  n_params = int(sum(x.size for x in jax.tree.leaves(params)))
+  res = dict(config=dict(model=args.model, params=n_params, layers=args.layers, rows=rows, prefill=32, tokens=24,
+                         text=s["text"], threads=threads),
+             read_bandwidth_gb_s=round(bw / 1e9, 2), decode_ms_per_token={}, rollout_s={})
+  print(f"model {args.model} ({n_params / 1e6:.1f}M params, {args.layers} layers), {rows} rows, {threads} threads; "
+        f"read bandwidth {bw / 1e9:.1f} GB/s ({args.bw_mib} MiB sum)", flush=True)
   for S in [int(x) for x in args.caches.split(",") if x]:
     ms, runs = time_decode(config, params, S, rows, repeats=args.repeats)
-    res["decode_ms_per_token"][str(S)] = dict(ms=round(ms, 2), runs=runs)
-    print(f"decode S={S:5d}: {ms:7.2f} ms/token  {runs}", flush=True)
+    k = min(24, S - 32)
+    nbytes = step_bytes(config, rows, 32 + (k + 1) / 2)
+    frac = nbytes / (ms / 1e3) / bw
+    res["decode_ms_per_token"][str(S)] = dict(ms=round(ms, 2), runs=runs, bytes_per_step=int(nbytes),
+                                              roofline_ms=round(nbytes / bw * 1e3, 2), roofline_fraction=round(frac, 3))
+    print(f"decode S={S:5d}: {ms:7.2f} ms/token  {runs}; reads >= {nbytes / 1e6:.1f} MB: roofline "
+          f"{nbytes / bw * 1e3:.2f} ms, reached {100 * frac:.0f}%", flush=True)
+  if args.rollout_caches:
+    time_rollouts(res, config, params, tok, s, args)
+  res["machine"] = common.machine(threads, load_before=load_before, load_after=common.loadavg())
+  name = f"decode_step{'' if args.model == 'full' else '_quick'}{'_unrolled' if args.layers == 'unrolled' else ''}.json"
+  out = common.write_json(res, name, args.out)
+  print("wrote", out)
+  fr = [v["roofline_fraction"] for v in res["decode_ms_per_token"].values()]
+  print(f"decode token ({args.model}, {rows} rows): {min(fr) * 100:.0f}-{max(fr) * 100:.0f}% of the measured memory "
+        f"roofline ({bw / 1e9:.1f} GB/s)")
+  return res
+
+
+def time_rollouts(res, config, params, tok, s, args):
+  """The whole greedy rollout at several cache lengths (same tokens at every S expected)."""
   prompts = make_prompts(tok, config, s, s["B"])
+  rows = s["B"] * s["G"]
   gen = None
   for S in [int(x) for x in args.rollout_caches.split(",") if x]:
     rc = RolloutConfig(max_steps=s["R"], max_step_tokens=s["T"], cache_len=S, obs_hw=s["obs_hw"], max_clip_frames=4,
@@ -109,11 +178,6 @@ def main():
     res["rollout_s"][str(S)] = dict(s=round(sec, 3), runs=runs, tokens=ntok, same_tokens_as_first=same)
     print(f"rollout S={S:5d}: {sec:.3f} s ({ntok} tokens, {ntok / sec:.0f} tok/s, same tokens: {same}) {runs}",
           flush=True)
-  out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "decode_step.json")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w") as f:
-    json.dump(res, f, indent=2)
-  print("wrote", out)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,20 @@ the two sides are compared as a check that both see the same batch).
         to a frozen copy of the model (forward under no_grad), mean over tokens then rows, backward, clip, AdamW.
 
 Throughput = B * S tokens (every slot goes through the forward and backward) per second of one step. After a
-warm-up step each (ours: compile + one step), the timed steps of the two sides alternate (ours, HF, ours, ...),
-so that load from other jobs on a shared machine hits both alike; the median of `--runs` is reported.
+warm-up step each (ours: lower + XLA compile, timed apart, then one step), the timed steps of the two sides
+alternate (ours, HF, ours, HF, ...; `--runs` >= 5 each), so that load from other jobs on a shared machine hits
+both alike; the JSON keeps every run, median, quartiles, min / max, wall and process-CPU time, and the ratio of
+the medians. XLA and torch get the same number of threads (`--threads`, default every CPU; bench/common.py).
+
+Layers. `--layers unrolled` (default here): `ModelConfig.scan_layers=False`, the CPU setting (params relaid out by
+`vlm.unstack_layers`): XLA:CPU then neither copies each layer's weights out of the stack nor stacks the
+residuals and gradients per layer (`dynamic-slice` / `dynamic-update-slice` in the scan body), and fuses across
+layers. `--layers scanned`: the default config (`lax.scan` over layers; the TPU path, compile time flat in depth).
 Final line: SFT ours/HF and GRPO ours/HF.
 """
 from __future__ import annotations
 
-import argparse, functools, json, os, platform, statistics, sys, tempfile, time  # noqa: E401
+import argparse, functools, os, sys, tempfile, time  # noqa: E401
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,13 +41,15 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import common  # noqa: E402
 import rollout as rb  # noqa: E402  (bench/rollout.py: model config, params, prompts)
 from videor4_jax import get_rope_index, save_pretrained  # noqa: E402
+from videor4_jax.model import vlm  # noqa: E402
 from videor4_jax.processing import chat  # noqa: E402
 from videor4_jax.processing.tokenizer import Tokenizer  # noqa: E402
 from videor4_jax.rl import grpo  # noqa: E402
 from videor4_jax.train.optim import OptimConfig, make_optimizer  # noqa: E402
-from videor4_jax.train.steps import TrainState, grpo_step, sft_step  # noqa: E402
+from videor4_jax.train.steps import TrainState, grpo_step, sequence_logprobs, sft_step  # noqa: E402
 
 SETTINGS = {"full": dict(model="full", B=8, A=64, crop_hw=(112, 112)),
             "quick": dict(model="quick", B=2, A=48, crop_hw=(56, 56))}
@@ -127,18 +136,35 @@ def hf_steps(model, ref_model, hf_batch, loss_mask, old_logp, adv):
 
 
 # ------------------------------------------------------------------------------------------------ main
-def timed(fn):
-  t0 = time.perf_counter()
-  out = fn()
-  return time.perf_counter() - t0, out
-
-
-def main():
+def parse_args(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--quick", action="store_true", help="the ~11M quick model, B=2")
-  ap.add_argument("--runs", type=int, default=3, help="timed steps per side (median)")
+  ap.add_argument("--runs", type=int, default=5, help="timed steps per side, alternated (median and spread)")
+  ap.add_argument("--threads", type=int, default=None, help="threads for XLA and torch alike (default: all CPUs)")
+  ap.add_argument("--layers", choices=("unrolled", "scanned"), default="unrolled",
+                  help="ours: unrolled layers (CPU setting, scan_layers=False) or the scanned default")
+  ap.add_argument("--steps", default="sft,grpo")
   ap.add_argument("--out", default=None)
-  args = ap.parse_args()
+  return ap.parse_args(argv)
+
+
+def compile_ours(step_fn, state, batch, **kw):
+  """AOT lower + compile (timed apart) and the first step. Returns (compiled, state, metrics, timings)."""
+  t0 = time.perf_counter()
+  lowered = step_fn.lower(state, batch, **kw)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  state, met = jax.block_until_ready(compiled(state, batch, **kw))
+  t3 = time.perf_counter()
+  return compiled, state, met, dict(lower_s=round(t1 - t0, 2), compile_s=round(t2 - t1, 2),
+                                    first_run_s=round(t3 - t2, 3), first_step_s=round(t3 - t0, 2))
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  threads = common.set_threads(args.threads)
+  load_before = common.loadavg()
   import torch
   import transformers
   from transformers import Qwen2_5_VLForConditionalGeneration
@@ -152,24 +178,27 @@ def main():
   ours_b, hf_b = make_batch(tok, config, s, m)
   B, S = ours_b["tokens"].shape
   ntok = B * S
+  run_config = config.replace(scan_layers=args.layers == "scanned")
+  run_params = params if args.layers == "scanned" else vlm.unstack_layers(config, params)
   res = dict(config=dict(params=n_params, B=B, S=S, tokens_per_step=ntok, loss_tokens=int(ours_b["loss_mask"].sum()),
-                         assistant_tokens_per_turn=s["A"], crop_hw=s["crop_hw"], lr=LR, weight_decay=WD,
-                         clip_norm=CLIP, grpo_beta=BETA, grpo_eps=EPS, aggregation="seq_mean_token_mean",
-                         dtype="float32", runs=args.runs, quick=args.quick))
-  print(f"model {n_params / 1e6:.1f}M params; batch {B} x {S} slots", flush=True)
+                         assistant_tokens_per_turn=s["A"], crop_hw=s["crop_hw"],
+                         video_pixels=list(ours_b["video_pixels"].shape), obs_pixels=list(ours_b["obs_pixels"].shape),
+                         text=m["text"], vision=m["vision"], lr=LR, weight_decay=WD, clip_norm=CLIP, grpo_beta=BETA,
+                         grpo_eps=EPS, aggregation="seq_mean_token_mean", dtype="float32", runs=args.runs,
+                         quick=args.quick, layers=args.layers, remat=run_config.remat, threads=threads))
+  print(f"model {n_params / 1e6:.1f}M params; batch {B} x {S} slots; layers {args.layers}; {threads} threads "
+        f"(XLA and torch)", flush=True)
 
-  # ours
   tx = make_optimizer(OptimConfig(lr=LR, warmup_steps=0, total_steps=10_000, end_lr_ratio=1.0, weight_decay=WD,
                                   clip_norm=CLIP))
   gcfg = grpo.GRPOConfig(num_generations=2, beta=BETA, eps_low=EPS, eps_high=EPS, aggregation="seq_mean_token_mean")
   batch = jax.tree.map(jnp.asarray, ours_b)
-  from videor4_jax.train.steps import sequence_logprobs
   logp0 = np.asarray(jax.jit(functools.partial(sequence_logprobs, config))(params, batch))
   old_logp = (logp0 + 0.1 * np.random.default_rng(1).standard_normal(logp0.shape)).astype(np.float32)
   adv = np.asarray(grpo.group_advantages(jnp.asarray(np.random.default_rng(2).random(B), jnp.float32), 2))
   gbatch = dict(batch, logp=jnp.asarray(old_logp), advantages=jnp.asarray(adv))
-  ours_sft = jax.jit(functools.partial(sft_step, config), donate_argnums=(0,))
-  ours_grpo = jax.jit(functools.partial(grpo_step, config, gcfg), donate_argnums=(0,))
+  jit_steps = dict(sft=jax.jit(functools.partial(sft_step, run_config), donate_argnums=(0,)),
+                   grpo=jax.jit(functools.partial(grpo_step, run_config, gcfg), donate_argnums=(0,)))
 
   # HF on the same weights
   with tempfile.TemporaryDirectory() as d:
@@ -180,43 +209,40 @@ def main():
     p.requires_grad_(False)
   hf_init = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-  for name, ours_fn, bt in (("sft", ours_sft, batch), ("grpo", ours_grpo, gbatch)):
-    state = TrainState.create(jax.tree.map(jnp.copy, params), tx)
+  for name in args.steps.split(","):
+    bt, kw = (batch, {}) if name == "sft" else (gbatch, dict(ref_params=run_params))
     model.load_state_dict(hf_init)
-    hf_sft, hf_grpo = hf_steps(model, ref_model, hf_b, ours_b["loss_mask"], old_logp, adv)
-    hf_fn = hf_sft if name == "sft" else hf_grpo
-    run_ours = lambda st, f=ours_fn, bt=bt: jax.block_until_ready(f(st, bt, ref_params=params) if name == "grpo"
-                                                                  else f(st, bt))
-    t0 = time.perf_counter()
-    state, met = run_ours(state)                                   # compile + first step
-    first_ours = time.perf_counter() - t0
-    first_hf, loss_hf0 = timed(hf_fn)
+    hf_fn = hf_steps(model, ref_model, hf_b, ours_b["loss_mask"], old_logp, adv)[0 if name == "sft" else 1]
+    compiled, state, met, compile_t = compile_ours(jit_steps[name], TrainState.create(
+        jax.tree.map(jnp.copy, run_params), tx), bt, **kw)
+    first_hf, _, loss_hf0 = common.timed(hf_fn)
     loss_ours0 = float(met["loss"])
-    t_ours, t_hf = [], []
-    for _ in range(args.runs):
-      dt, (state, _) = timed(lambda: run_ours(state))
-      t_ours.append(dt)
-      t_hf.append(timed(hf_fn)[0])
-    mo, mh = statistics.median(t_ours), statistics.median(t_hf)
-    res[name] = dict(ours=dict(step_s=[round(x, 3) for x in t_ours], median_s=round(mo, 3),
-                               tokens_per_s=round(ntok / mo, 1), first_step_s=round(first_ours, 2)),
-                     hf=dict(step_s=[round(x, 3) for x in t_hf], median_s=round(mh, 3), tokens_per_s=round(ntok / mh, 1),
-                             first_step_s=round(first_hf, 2)),
-                     step0_loss=dict(ours=loss_ours0, hf=loss_hf0, abs_diff=abs(loss_ours0 - loss_hf0)),
-                     ours_over_hf=round(mh / mo, 2))
-    print(f"{name}: ours {ntok / mo:8.1f} tok/s (median of {t_ours}), HF {ntok / mh:8.1f} tok/s (median of {t_hf}); "
-          f"step-0 loss ours {loss_ours0:.6f} HF {loss_hf0:.6f}", flush=True)
+    box = dict(state=state)
 
-  res["machine"] = dict(host=platform.node(), cpus=os.cpu_count(), loadavg=[round(x, 2) for x in os.getloadavg()],
-                        jax=jax.__version__, torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                        transformers=transformers.__version__, attn_implementation=model.config._attn_implementation)
-  out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                 "train_step_quick.json" if args.quick else "train_step.json")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w") as f:
-    json.dump(res, f, indent=2)
-  print(f"train step tokens/s: SFT ours/HF = {res['sft']['ours_over_hf']:.2f}x; "
-        f"GRPO ours/HF = {res['grpo']['ours_over_hf']:.2f}x")
+    def ours():
+      box["state"], _ = jax.block_until_ready(compiled(box["state"], bt, **kw))
+
+    t = common.alternate(dict(ours=ours, hf=hf_fn), args.runs)
+    mo, mh = t["ours"]["wall"]["median"], t["hf"]["wall"]["median"]
+    res[name] = dict(ours=dict(t["ours"], tokens_per_s=round(ntok / mo, 1), **compile_t),
+                     hf=dict(t["hf"], tokens_per_s=round(ntok / mh, 1), first_step_s=round(first_hf, 2)),
+                     step0_loss=dict(ours=loss_ours0, hf=loss_hf0, abs_diff=abs(loss_ours0 - loss_hf0)),
+                     ours_over_hf=round(mh / mo, 2),
+                     ours_over_hf_cpu_time=round(t["hf"]["cpu"]["median"] / t["ours"]["cpu"]["median"], 2))
+    print(f"{name}: ours {ntok / mo:8.1f} tok/s (median {mo:.3f} s, {t['ours']['wall']['min']:.3f}-"
+          f"{t['ours']['wall']['max']:.3f}), HF {ntok / mh:8.1f} tok/s (median {mh:.3f} s, "
+          f"{t['hf']['wall']['min']:.3f}-{t['hf']['wall']['max']:.3f}); ours/HF {mh / mo:.2f}x; first step: ours "
+          f"{compile_t['first_step_s']:.1f} s (compile {compile_t['compile_s']:.1f} s), HF {first_hf:.2f} s; step-0 "
+          f"loss ours {loss_ours0:.6f} HF {loss_hf0:.6f}", flush=True)
+
+  res["machine"] = common.machine(threads, load_before=load_before, load_after=common.loadavg(),
+                                  xla_eigen_threads=common.xla_threads(), transformers=transformers.__version__,
+                                  attn_implementation=model.config._attn_implementation)
+  out = common.write_json(res, "train_step_quick.json" if args.quick else "train_step.json", args.out)
+  print(f"wrote {out}")
+  print("train step tokens/s: " + "; ".join(f"{n.upper()} ours/HF = {res[n]['ours_over_hf']:.2f}x"
+                                            for n in args.steps.split(",")))
+  return res
 
 
 if __name__ == "__main__":

@@ -190,3 +190,25 @@ def test_one_decoder_layer_matches_hf(pair):
   d = np.abs(np.asarray(ours) - ref.numpy()).max()
   print(f"parity decoder layer: max|diff|={d:.2e}")
   assert d <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["video", "images"])
+def test_unrolled_layers_match_hf_and_the_scanned_layout(pair, name):
+  """The CPU setting scan_layers=False (bench/train_step.py --layers unrolled): the checkpoint loaded unrolled, and
+  the scanned params relaid out by vlm.unstack_layers, both give HF's logits."""
+  hf, config, params = pair
+  ours_scanned, ref, valid, (ids, _, images, videos, spg, mask) = _run_both(pair, name)
+  unrolled = config.replace(scan_layers=False)
+  relaid = vlm.unstack_layers(config, params)
+  assert "layers" not in relaid["params"]["decoder"] and "layers" in params["params"]["decoder"]
+  rng = np.random.default_rng(0)
+  _case(name, rng)                                   # the same draws as _run_both: the same patches
+  pv = random_patches(rng, images) if images else None
+  pvv = random_patches(rng, videos) if videos else None
+  args = (ids, mask, pv, None if not images else np.array(images), pvv, None if not videos else np.array(videos),
+          None if spg is None else np.array(spg, np.float32))
+  ours = np.asarray(jax.jit(lambda p, *a: videor4_jax.forward(unrolled, p, *a))(relaid, *args))
+  assert np.abs(ours - ref)[valid].max() <= LOGIT_TOL
+  assert np.abs(ours - ours_scanned)[valid].max() <= 1e-5
+  with pytest.raises(ValueError, match="no stacked 'layers'"):
+    vlm.unstack_layers(config, relaid)

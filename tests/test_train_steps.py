@@ -299,3 +299,23 @@ def test_uninformative_batch_leaves_params_and_optimizer_state_bitwise_unchanged
   moved = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))),
                                        state.params, new.params))
   assert not all(moved) and int(new.step) == 2
+
+
+def test_unrolled_layers_step_equals_scanned_step():
+  """The CPU setting scan_layers=False (params relaid out by vlm.unstack_layers) takes the same SFT step as the
+  scanned default: loss, grad norm and every updated parameter agree up to float summation order."""
+  from videor4_jax.model import vlm
+  tok, config, params, env = make_setup()
+  batch, _ = sft_batch()
+  tx = make_optimizer(OptimConfig(lr=1e-3, warmup_steps=0, total_steps=10, weight_decay=0.01, clip_norm=1.0))
+  unrolled = config.replace(scan_layers=False)
+  s_scan, m_scan = jax.jit(functools.partial(sft_step, config))(TrainState.create(params, tx), batch)
+  s_unr, m_unr = jax.jit(functools.partial(sft_step, unrolled))(
+      TrainState.create(vlm.unstack_layers(config, params), tx), batch)
+  np.testing.assert_allclose(float(m_unr["loss"]), float(m_scan["loss"]), rtol=1e-5)
+  np.testing.assert_allclose(float(m_unr["grad_norm"]), float(m_scan["grad_norm"]), rtol=1e-4)
+  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), s_scan.params, params)
+  assert max(jax.tree.leaves(moved)) > 1e-4                  # the step did change the weights
+  expect = vlm.unstack_layers(config, s_scan.params)
+  for a, b in zip(jax.tree.leaves(expect), jax.tree.leaves(s_unr.params)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=2e-5)

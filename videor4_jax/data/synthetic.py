@@ -313,6 +313,8 @@ def render_video(cfg: SyntheticConfig, rng: np.random.Generator, signs: list[dic
   return np.stack(frames)
 
 
+# Longer than a screen: one example's random draws happen in a fixed order (the data of a seed must not change when
+# the code is reorganised), so the drawing stays in one function; the pieces it calls are teacher.py and glyphs.py.
 def generate(cfg: SyntheticConfig, seed: int, index: int, *, split: str = "train",
              question_type: str | None = None) -> SyntheticExample:
   """Example `index` of split `split` of the stream `seed`: a pure function of its arguments."""

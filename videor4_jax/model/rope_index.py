@@ -26,6 +26,8 @@ def _exclusive_cumsum(x_bt):
   return jnp.cumsum(x_bt, axis=-1) - x_bt
 
 
+# One screen and a bit: it follows HF get_rope_index's single pass over the sequence's text and vision spans, which
+# reads (and is checked against HF, tests/test_model_parity.py) best kept in one piece.
 def mrope_positions(config: ModelConfig, mm_types_bt, valid_bt, *, image_grid_thw=None, video_grid_thw=None,
                     second_per_grid_ts=None, start_b=None):
   """Returns (positions `[3, B, T]` int32, next counter `[B]` int32).

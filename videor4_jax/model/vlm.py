@@ -173,3 +173,19 @@ def forward(config: ModelConfig, params, input_ids, attention_mask=None, pixel_v
                                    video_grid_thw=video_grid_thw, second_per_grid_ts=second_per_grid_ts)
   hidden, _ = decode(config, params, x, positions, valid)
   return logits(config, params, hidden)
+
+
+def unstack_layers(config: ModelConfig, params):
+  """Scanned-layout params (`decoder/layers`, `visual/blocks` stacked on a leading layer axis) -> the layout of
+  `config.replace(scan_layers=False)` (`layers_0`, `layers_1`, ...). The same weights: an unrolled model over the
+  result computes what the scanned one computes (up to float summation order)."""
+  out = jax.tree.map(lambda x: x, params)             # a new tree of dicts; arrays shared until sliced
+  for tower, group, depth in (("decoder", "layers", config.text.num_hidden_layers),
+                              ("visual", "blocks", config.vision.depth)):
+    node = out["params"][tower]
+    if group not in node:
+      raise ValueError(f"unstack_layers: params[{tower!r}] has no stacked {group!r} (already unrolled?)")
+    stacked = node.pop(group)
+    for i in range(depth):
+      node[f"{group}_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+  return out

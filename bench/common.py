@@ -1,0 +1,127 @@
+"""What every bench shares: equal thread counts for XLA and torch, ABAB timing, medians with spread, and the
+record of where and when a figure was measured (CPU model, load average before / after, commit, versions).
+
+Threads. XLA:CPU sizes its thread pools (the intra-op Eigen pool that runs the parallel parts of a kernel, and
+the PjRt client pool) from the environment variable `NPROC` (read when the CPU client is created, so before the
+first computation; `PJRT_NPROC` takes precedence over it), else from the schedulable CPUs. torch takes
+`torch.set_num_threads`. `set_threads(n)` sets both, and `OMP_NUM_THREADS` for any OpenMP library loaded later;
+call it before JAX runs anything.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "bench", "results")
+
+
+def set_threads(n: int | None = None) -> int:
+  """Gives XLA and torch the same number of threads (default: every CPU of this process). Returns n."""
+  n = n or len(os.sched_getaffinity(0))
+  os.environ.pop("PJRT_NPROC", None)
+  os.environ["NPROC"] = str(n)
+  os.environ["OMP_NUM_THREADS"] = str(n)
+  try:
+    import torch
+    torch.set_num_threads(n)
+  except ImportError:
+    pass
+  return n
+
+
+def xla_threads() -> int:
+  """Threads of this process named by XLA:CPU's intra-op pool (counted after a computation ran)."""
+  names = []
+  for tid in os.listdir("/proc/self/task"):
+    try:
+      with open(f"/proc/self/task/{tid}/comm") as f:
+        names.append(f.read().strip())
+    except OSError:
+      pass
+  return sum(1 for n in names if "XLAEigen" in n)
+
+
+def cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
+
+
+def commit() -> str:
+  """HEAD of the repository, with `+dirty` when tracked files differ from it."""
+  def git(*a):
+    return subprocess.run(["git", "-C", ROOT, *a], capture_output=True, text=True, check=False).stdout.strip()
+  head = git("rev-parse", "--short", "HEAD") or "unknown"
+  return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def loadavg() -> list[float]:
+  return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine(threads: int | None = None, **extra) -> dict:
+  """Where and when: host, CPU model and count, load average now, commit, UTC time, versions."""
+  import jax
+  info = dict(host=platform.node(), cpu_model=cpu_model(), cpus=os.cpu_count(), loadavg=loadavg(),
+              commit=commit(), utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+              python=platform.python_version(), jax=jax.__version__, backend=jax.default_backend())
+  if threads is not None:
+    info.update(threads=threads, xla_nproc_env=os.environ.get("NPROC"))
+  try:
+    import torch
+    info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+  except ImportError:
+    pass
+  return dict(info, **extra)
+
+
+def spread(xs) -> dict:
+  """Median and spread of a list of seconds: every run, min, max, quartiles."""
+  xs = sorted(xs)
+  q = statistics.quantiles(xs, n=4) if len(xs) >= 2 else [xs[0]] * 3
+  return dict(median=round(statistics.median(xs), 4), min=round(xs[0], 4), max=round(xs[-1], 4),
+              q25=round(q[0], 4), q75=round(q[2], 4), n=len(xs))
+
+
+def timed(fn):
+  """(wall seconds, process CPU seconds, result) of one call; `fn` must block until its work is done."""
+  t0, c0 = time.perf_counter(), time.process_time()
+  out = fn()
+  return time.perf_counter() - t0, time.process_time() - c0, out
+
+
+def alternate(sides: dict, runs: int) -> dict:
+  """Times `runs` calls of each side, alternating ABAB... so that load from other jobs hits every side alike.
+
+  sides: name -> zero-argument callable that blocks until done. Returns name -> {wall: spread, cpu: spread,
+  wall_s: [runs], cpu_s: [runs]} (CPU = this process's CPU time: every thread of the side, less disturbed by
+  other processes than wall time, but it counts spinning threads).
+  """
+  wall = {k: [] for k in sides}
+  cpu = {k: [] for k in sides}
+  for _ in range(runs):
+    for name, fn in sides.items():
+      w, c, _ = timed(fn)
+      wall[name].append(w)
+      cpu[name].append(c)
+  return {k: dict(wall=spread(wall[k]), cpu=spread(cpu[k]), wall_s=[round(x, 4) for x in wall[k]],
+                  cpu_s=[round(x, 4) for x in cpu[k]]) for k in sides}
+
+
+def write_json(res: dict, name: str, out: str | None = None) -> str:
+  import json
+  path = out or os.path.join(RESULTS, name)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(res, f, indent=2)
+  return path

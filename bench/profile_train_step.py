@@ -1,0 +1,136 @@
+"""Where one train step spends its time, ours (XLA:CPU, jax.profiler) beside HF (torch.profiler), same batch.
+
+  python bench/profile_train_step.py [--quick] [--step sft|grpo] [--layers unrolled|scanned] [--threads 1]
+                                     [--steps 3] [--top 15] [--out bench/results/profile_train_step[_quick].json]
+
+Ours: `jax.profiler` traces `--steps` steps of the compiled step (perfetto JSON); each XLA op's time is summed by
+kind: matmuls (`dot`, YNNPACK `ynn_fusion`), transposing fusions (`copy_*`: an elementwise producer written in the
+transposed layout a weight-gradient dot asks for), layer-stack slicing (`dynamic-slice` / `dynamic-update-slice`,
+scanned layers only), the rest. HF: `torch.profiler` over the same number of steps, self CPU time per aten op.
+Run with one thread (the default) for figures that other jobs on the machine disturb least.
+"""
+from __future__ import annotations
+
+import argparse, collections, functools, glob, gzip, json, os, re, sys, tempfile  # noqa: E401
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+
+KINDS = (("matmul", r"^(dot|ynn_fusion|.*convolution)"), ("transposing fusion", r"^copy"),
+         ("layer-stack slicing", r"dynamic-(update-)?slice"), ("optimizer / where", r"select|multiply_add"))
+
+
+def xla_op_times(trace_dir: str, steps: int) -> collections.Counter:
+  """ms per step by XLA op name (thunks only; the executor's and Python's own spans are left out)."""
+  path = sorted(glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True))[-1]
+  with gzip.open(path) as f:
+    ev = json.load(f)
+  ev = ev["traceEvents"] if isinstance(ev, dict) else ev
+  out = collections.Counter()
+  for e in ev:
+    name = e.get("name", "")
+    if e.get("ph") != "X" or re.match(r"^(Thunk|\$|while|conditional|call|Pjit|Common|PjRt)", name):
+      continue
+    out[re.sub(r"\.\d+$", "", name)] += e.get("dur", 0) / 1e3 / steps
+  return out
+
+
+def by_kind(op_ms) -> dict:
+  kinds = collections.Counter()
+  for name, ms in op_ms.items():
+    kind = next((k for k, pat in KINDS if re.search(pat, name)), "other")
+    kinds[kind] += ms
+  return {k: round(v, 2) for k, v in kinds.most_common()}
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--quick", action="store_true")
+  ap.add_argument("--step", choices=("sft", "grpo"), default="sft")
+  ap.add_argument("--layers", choices=("unrolled", "scanned"), default="unrolled")
+  ap.add_argument("--threads", type=int, default=1)
+  ap.add_argument("--steps", type=int, default=3)
+  ap.add_argument("--top", type=int, default=15)
+  ap.add_argument("--out", default=None)
+  args = ap.parse_args()
+  threads = common.set_threads(args.threads)
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+  from transformers import Qwen2_5_VLForConditionalGeneration
+  import rollout as rb
+  import train_step as ts
+  from videor4_jax import save_pretrained
+  from videor4_jax.model import vlm
+  from videor4_jax.processing.tokenizer import Tokenizer
+  from videor4_jax.rl import grpo
+  from videor4_jax.train.optim import OptimConfig, make_optimizer
+  from videor4_jax.train.steps import TrainState, grpo_step, sft_step
+  s = ts.SETTINGS["quick" if args.quick else "full"]
+  m = rb.SETTINGS[s["model"]]
+  tok = Tokenizer.tiny()
+  config = rb.model_config(tok, m)
+  params = rb.biased_params(config, tok, **m["bias"])
+  ours_b, hf_b = ts.make_batch(tok, config, s, m)
+  b = ours_b["tokens"].shape[0]
+  run_config = config.replace(scan_layers=args.layers == "scanned")
+  run_params = params if args.layers == "scanned" else vlm.unstack_layers(config, params)
+  tx = make_optimizer(OptimConfig(lr=ts.LR, warmup_steps=0, total_steps=10_000, end_lr_ratio=1.0,
+                                  weight_decay=ts.WD, clip_norm=ts.CLIP))
+  batch = jax.tree.map(jnp.asarray, ours_b)
+  adv = np.linspace(-1, 1, b).astype(np.float32)
+  old = np.zeros(ours_b["tokens"].shape, np.float32)
+  if args.step == "sft":
+    fn, kw = functools.partial(sft_step, run_config), {}
+  else:
+    gcfg = grpo.GRPOConfig(num_generations=2, beta=ts.BETA, eps_low=ts.EPS, eps_high=ts.EPS,
+                           aggregation="seq_mean_token_mean")
+    fn, kw = functools.partial(grpo_step, run_config, gcfg), dict(ref_params=run_params)
+    batch = dict(batch, logp=jnp.asarray(old), advantages=jnp.asarray(adv))
+  step = jax.jit(fn, donate_argnums=(0,))
+  state = TrainState.create(jax.tree.map(jnp.copy, run_params), tx)
+  state, _ = jax.block_until_ready(step(state, batch, **kw))
+  with tempfile.TemporaryDirectory() as d:
+    jax.profiler.start_trace(d, create_perfetto_trace=True)
+    for _ in range(args.steps):
+      state, _ = jax.block_until_ready(step(state, batch, **kw))
+    jax.profiler.stop_trace()
+    ours = xla_op_times(d, args.steps)
+
+  with tempfile.TemporaryDirectory() as d:
+    save_pretrained(d, config, params)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(d, dtype=torch.float32).train()
+    ref = Qwen2_5_VLForConditionalGeneration.from_pretrained(d, dtype=torch.float32).eval()
+  for p in ref.parameters():
+    p.requires_grad_(False)
+  hf_fn = ts.hf_steps(model, ref, hf_b, ours_b["loss_mask"], old, adv)[0 if args.step == "sft" else 1]
+  hf_fn()
+  with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    for _ in range(args.steps):
+      hf_fn()
+  hf = collections.Counter({e.key: e.self_cpu_time_total / 1e3 / args.steps for e in prof.key_averages()})
+  hf_kinds = collections.Counter()
+  for name, ms in hf.items():
+    hf_kinds["matmul" if re.search(r"mm|addmm|bmm|matmul|linear|conv", name) else
+             "optimizer" if "adam" in name.lower() or "_foreach" in name else "other"] += ms
+  res = dict(config=dict(step=args.step, quick=args.quick, layers=args.layers, threads=threads, steps=args.steps),
+             ours=dict(total_ms=round(sum(ours.values()), 1), kinds=by_kind(ours),
+                       top_ms={k: round(v, 2) for k, v in ours.most_common(args.top)}),
+             hf=dict(total_ms=round(sum(hf.values()), 1), kinds={k: round(v, 2) for k, v in hf_kinds.most_common()},
+                     top_ms={k: round(v, 2) for k, v in hf.most_common(args.top)}),
+             machine=common.machine(threads))
+  for side in ("ours", "hf"):
+    r = res[side]
+    print(f"{side}: {r['total_ms']:.1f} ms of ops per step; by kind " +
+          ", ".join(f"{k} {v:.1f}" for k, v in r["kinds"].items()))
+    for k, v in r["top_ms"].items():
+      print(f"  {v:8.2f} ms  {k[:90]}")
+  out = common.write_json(res, f"profile_train_step{'_quick' if args.quick else ''}.json", args.out)
+  print("wrote", out)
+
+
+if __name__ == "__main__":
+  main()
