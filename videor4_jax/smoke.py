@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from videor4_jax.processing.image import patch_layout
+
 
 def main() -> int:
   sys.path.insert(0, os.getcwd())
@@ -38,8 +40,8 @@ def main() -> int:
   small = jax.image.resize(jnp.asarray(frames, jnp.float32), (f, h, w, 3), "bilinear")
   v = config.vision
   gt, gh, gw = f // v.temporal_patch_size, h // v.patch_size, w // v.patch_size
-  x = small.reshape(gt, v.temporal_patch_size, gh // 2, 2, v.patch_size, gw // 2, 2, v.patch_size, 3)
-  pixels = np.asarray(x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7).reshape(gt * gh * gw, -1) / 255.0, np.float32)
+  pixels = np.asarray(patch_layout(small / 255.0, patch=v.patch_size, temporal=v.temporal_patch_size,
+                                   merge=v.spatial_merge_size), np.float32)
   grid = np.array([[gt, gh, gw]])
   ids = np.array([tk.encode("Read") + [tk.vision_start_id] + [tk.video_pad_id] * (gt * gh * gw // 4)
                   + [tk.vision_end_id] + tk.encode("it.")])

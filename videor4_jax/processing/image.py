@@ -63,11 +63,18 @@ def _normalize(frames_thw3: np.ndarray) -> np.ndarray:
   return (x - np.asarray(MEAN, np.float32)) / np.asarray(STD, np.float32)
 
 
-def _patchify(x_thw3: np.ndarray) -> np.ndarray:
+def patch_layout(x_thw3, *, patch: int = PATCH, temporal: int = TEMPORAL, merge: int = MERGE):
+  """Normalized frames `[T, H, W, 3]` -> HF Qwen2-VL patch rows `[T/t * H/p * W/p, 3 * t * p * p]`: (groups,
+  h-blocks, w-blocks, merge, merge) x (channel, temporal, patch, patch). The one home of the layout: numpy or jax
+  arrays (the processor here, the rollout's pixel ops, the smoke test)."""
   t, h, w, _ = x_thw3.shape
-  gt, gh, gw = t // TEMPORAL, h // PATCH, w // PATCH
-  x = x_thw3.reshape(gt, TEMPORAL, gh // MERGE, MERGE, PATCH, gw // MERGE, MERGE, PATCH, 3)
-  return x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7).reshape(gt * gh * gw, 3 * TEMPORAL * PATCH * PATCH)
+  gt, gh, gw = t // temporal, h // patch, w // patch
+  x = x_thw3.reshape(gt, temporal, gh // merge, merge, patch, gw // merge, merge, patch, 3)
+  return x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7).reshape(gt * gh * gw, 3 * temporal * patch * patch)
+
+
+def _patchify(x_thw3: np.ndarray) -> np.ndarray:
+  return patch_layout(x_thw3)
 
 
 def preprocess_image(image, *, min_pixels: int = IMAGE_MIN_PIXELS, max_pixels: int = IMAGE_MAX_PIXELS):

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from videor4_jax.processing.grammar import ActionError
 
-from videor4_jax.processing.image import MEAN, STD   # the one home of the CLIP normalization constants
+from videor4_jax.processing.image import MEAN, STD, patch_layout   # the one home of CLIP constants and the patch layout
 
 
 def crop(src_fhw3, frame, box, *, out_hw, margin: float = 0.0, min_px: int = 8):
@@ -88,13 +88,9 @@ def to_patches(frames_thw3, *, patch: int = 14, temporal: int = 2, merge: int = 
   Rescale to [0, 1], CLIP-normalize, then the HF layout: (groups, h-blocks, w-blocks, merge, merge) x (channel,
   temporal, patch, patch). T must be a multiple of `temporal` (repeat the last frame before calling).
   """
-  t, h, w, _ = frames_thw3.shape
   mean, std = xp.asarray(MEAN), xp.asarray(STD)
   x = (frames_thw3.astype(xp.float32) / 255.0 - mean) / std
-  gt, gh, gw = t // temporal, h // patch, w // patch
-  x = x.reshape(gt, temporal, gh // merge, merge, patch, gw // merge, merge, patch, 3)
-  x = x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
-  return x.reshape(gt * gh * gw, 3 * temporal * patch * patch)
+  return patch_layout(x, patch=patch, temporal=temporal, merge=merge)
 
 
 # Host-side entry points (SFT data, eval traces): the same computation, compiled. Eager op-by-op execution rounds
