@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 
-from videor4_jax.rumination.trajectory import Actions, Trajectory
+from videor4_jax.rumination.trajectory import Actions, RolloutWork, Trajectory
 
 TAG = re.compile(r"\[(\d+)\]")
 
@@ -67,4 +67,5 @@ def scripted_trajectory(tok, input_ids, attention_mask, texts: list[str], *, cac
                     obs_grid=np.zeros((rows, max_steps, 3), np.int32), obs_valid=zeros_br.astype(bool),
                     actions=actions, answered=np.ones((rows,), bool), video_feats=np.zeros((rows, 1, 1), np.float32),
                     region_feats=np.zeros((rows, max_steps, 1), np.float32), region_mask=zeros_br.astype(bool),
-                    last_clip_groups=np.zeros((rows, 1), bool), num_generated=loss_mask.sum(1).astype(np.int32))
+                    last_clip_groups=np.zeros((rows, 1), bool), num_generated=loss_mask.sum(1).astype(np.int32),
+                    work=RolloutWork(np.int32(0), np.int32(0), *[np.zeros((max_steps,), np.int32)] * 5))
