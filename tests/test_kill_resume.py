@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from train_fixtures import small_config
+from train_fixtures import small_config, train_py_flags
 
 pytestmark = pytest.mark.slow
 
@@ -27,16 +27,7 @@ TMP = ".orbax-checkpoint-tmp"
 
 
 def _flags(cfg, workdir):
-  out = [f"--workdir={workdir}", "--config.curriculum=drp_sft,rl_d", "--config.mesh_shape=(1,1,1)"]
-  for k in ("data_dir", "num_train", "num_validation", "num_test"):
-    out.append(f"--config.data.{k}={cfg.data[k]}")
-  for k in ("max_steps", "max_step_tokens", "cache_len"):
-    out.append(f"--config.rollout.{k}={cfg.rollout[k]}")
-  for st in ("drp_sft", "rl_d"):
-    out += [f"--config.stages.{st}.steps={cfg.stages[st].steps}", f"--config.stages.{st}.batch_size=2"]
-  out += ["--config.pipeline.max_seq_tokens=512", "--config.grpo.num_generations=2", "--config.grpo.beta=0.04",
-          "--config.log_every=1", "--config.checkpoint_every=1", "--config.eval.num_examples=0"]
-  return out
+  return train_py_flags(cfg, workdir, checkpoint_every=1)
 
 
 def _final(workdir):

@@ -15,24 +15,15 @@ import textwrap
 import numpy as np
 import pytest
 
-from train_fixtures import small_config
+from train_fixtures import small_config, train_py_flags
 from videor4_jax.train.preemption import Preempted, PreemptionGuard
 
 SFT, RL = 2, 4          # global steps 0..1 are drp_sft, 2..5 rl_d
 
 
 def _flags(cfg, workdir):
-  out = [f"--workdir={workdir}", "--config.curriculum=drp_sft,rl_d", "--config.mesh_shape=(1,1,1)"]
-  for k in ("data_dir", "num_train", "num_validation", "num_test"):
-    out.append(f"--config.data.{k}={cfg.data[k]}")
-  for k in ("max_steps", "max_step_tokens", "cache_len"):
-    out.append(f"--config.rollout.{k}={cfg.rollout[k]}")
-  for st in ("drp_sft", "rl_d"):
-    out += [f"--config.stages.{st}.steps={cfg.stages[st].steps}", f"--config.stages.{st}.batch_size=2"]
   # No periodic checkpoints inside a stage: the only mid-stage checkpoint is the one the SIGTERM asks for.
-  out += ["--config.pipeline.max_seq_tokens=512", "--config.grpo.num_generations=2", "--config.grpo.beta=0.04",
-          "--config.log_every=1", "--config.checkpoint_every=1000", "--config.eval.num_examples=0"]
-  return out
+  return train_py_flags(cfg, workdir, checkpoint_every=1000)
 
 
 def _records(workdir):

@@ -24,3 +24,18 @@ def small_config(data_dir, **stage_steps):
   c.eval.num_examples = 0
   c.eval.batch_size = 4
   return c
+
+
+def train_py_flags(cfg, workdir, checkpoint_every: int):
+  """train.py command-line flags that reproduce `small_config`'s drp_sft -> rl_d run (one device, beta 0.04,
+  every step logged) in `workdir`, with periodic checkpoints every `checkpoint_every` steps."""
+  out = [f"--workdir={workdir}", "--config.curriculum=drp_sft,rl_d", "--config.mesh_shape=(1,1,1)"]
+  for k in ("data_dir", "num_train", "num_validation", "num_test"):
+    out.append(f"--config.data.{k}={cfg.data[k]}")
+  for k in ("max_steps", "max_step_tokens", "cache_len"):
+    out.append(f"--config.rollout.{k}={cfg.rollout[k]}")
+  for st in ("drp_sft", "rl_d"):
+    out += [f"--config.stages.{st}.steps={cfg.stages[st].steps}", f"--config.stages.{st}.batch_size=2"]
+  out += ["--config.pipeline.max_seq_tokens=512", "--config.grpo.num_generations=2", "--config.grpo.beta=0.04",
+          "--config.log_every=1", f"--config.checkpoint_every={checkpoint_every}", "--config.eval.num_examples=0"]
+  return out
