@@ -27,7 +27,7 @@ from videor4_jax.parallel.sharding import batch_sharding, row_shards
 from videor4_jax.rumination.rollout import make_rollout_fn
 from videor4_jax.train import grpo_stage, roofline
 from videor4_jax.train.context import RunContext, build_context, make_steps, stage_optimizer
-from videor4_jax.train.curriculum import _sft_batch
+from videor4_jax.train.curriculum import _SFT_KEYS
 from videor4_jax.train.steps import TrainState
 
 ROLLOUT_INPUTS = ("input_ids", "attention_mask", "pixel_values_videos", "video_grid_thw", "source_frames")
@@ -133,11 +133,9 @@ def _sft_args(run: AbstractRun, stage: str):
   s = run.cfg.stages[stage]
   pcfg = dataclasses.replace(run.pcfg, batch_size=s.batch_size)
   spec = SftFeaturizer(pcfg, run.processor, run.rollout_cfg, run.config).output_spec()
-  batch = run.batch(spec, s.batch_size)
-  host = _sft_batch({k: np.zeros(v.shape, v.dtype) for k, v in batch.items()})   # the Runner's batch layout
-  positions = batch["positions"]
-  batch = {k: batch[k] for k in host}
-  batch["positions"] = _sds(host["positions"].shape, positions.dtype, batch_sharding(run.mesh, 3, 1))
+  batch = run.batch({k: spec[k] for k in _SFT_KEYS}, s.batch_size)        # the Runner's batch (_sft_batch):
+  shape_b3s, dtype = spec["positions"]                                       # positions become [3, B, S]
+  batch["positions"] = _sds((shape_b3s[0], s.batch_size, *shape_b3s[1:]), dtype, batch_sharding(run.mesh, 3, 1))
   return run.state(stage), batch
 
 
