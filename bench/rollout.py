@@ -50,7 +50,7 @@ import rumination_fixtures as fixtures  # noqa: E402
 from rumination_fixtures import biased_params  # noqa: E402,F401  (the other benches read it from here)
 from videor4_jax import RolloutConfig, make_env, make_rollout_fn, save_pretrained  # noqa: E402
 from videor4_jax.model import vlm  # noqa: E402
-from videor4_jax.processing import chat, grammar  # noqa: E402
+from videor4_jax.processing import chat, grammar, image  # noqa: E402
 from videor4_jax.processing.tokenizer import Tokenizer  # noqa: E402
 from videor4_jax.rumination import observation, pixel_ops, rollout as rollout_lib  # noqa: E402
 from videor4_jax.rumination.rollout_state import Context  # noqa: E402
@@ -142,10 +142,12 @@ def make_reprefill(env):
 
 
 # ------------------------------------------------------------------------------------------------ HF PyTorch
-def hf_rollout(model, tok, env, prompts, work=None):
+def grammar_processor(env, tok, num_rows: int, prompt_len: int):
+  """A transformers LogitsProcessor that applies the rollout's action automaton (processing/grammar.py) row by
+  row, as the rollout's constrained decoding does (free text outside a call, the automaton's edges inside)."""
   import torch
-  from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
-  rc, auto, V = env.rollout, env.automaton, env.free_mask.shape[0]
+  from transformers import LogitsProcessor
+  auto, V = env.automaton, env.free_mask.shape[0]
   table = np.zeros((auto.edge_tok.shape[0], V), bool)          # allowed tokens per automaton state
   for s in range(table.shape[0]):
     table[s, auto.edge_tok[s][auto.edge_tok[s] >= 0]] = True
@@ -161,19 +163,67 @@ def hf_rollout(model, tok, env, prompts, work=None):
     return int(auto.edge_next[s][hit.argmax()]) if hit.any() else grammar.DEAD
 
   class Grammar(LogitsProcessor):
-    def __init__(self, n, start):
-      self.state, self.start = [grammar.OUTSIDE_CALL] * n, start
+    def __init__(self):
+      self.state = [grammar.OUTSIDE_CALL] * num_rows
 
     def __call__(self, input_ids, scores):
-      if input_ids.shape[1] > self.start:
+      if input_ids.shape[1] > prompt_len:
         self.state = [gstep(s, int(t)) for s, t in zip(self.state, input_ids[:, -1].tolist())]
       allowed = torch.from_numpy(np.stack([table[s] if s >= 0 else np.ones(V, bool) for s in self.state]))
       return scores.masked_fill(~allowed, -float("inf"))
 
+  return Grammar()
+
+
+def hf_batch(convs, active, tok):
+  """HF generate's inputs for the active conversations: left-padded ids and every vision item so far."""
+  import torch
+  L = max(len(convs[i]["ids"]) for i in active)
+  ids = np.full((len(active), L), tok.pad_id, np.int64)
+  mask = np.zeros_like(ids)
+  for j, i in enumerate(active):
+    ids[j, L - len(convs[i]["ids"]):], mask[j, L - len(convs[i]["ids"]):] = convs[i]["ids"], 1
+  types = np.where(ids == tok.image_pad_id, 1, np.where(ids == tok.video_pad_id, 2, 0))
+  kw = dict(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+            mm_token_type_ids=torch.from_numpy(types))
+  for kind, px, grid in (("image", "pixel_values", "image_grid_thw"), ("video", "pixel_values_videos",
+                                                                       "video_grid_thw")):
+    its = [it for i in active for it in convs[i]["items"] if it[0] == kind]
+    if its:
+      kw[px] = torch.from_numpy(np.concatenate([it[1] for it in its]).astype(np.float32))
+      kw[grid] = torch.from_numpy(np.stack([it[2] for it in its]).astype(np.int64))
+      if kind == "video":
+        kw["second_per_grid_ts"] = torch.tensor([it[3] for it in its], dtype=torch.float32)
+  return kw, L
+
+
+def hf_observe(env, tok, conv, toks, source_frames):
+  """Executes the step's call on the host (observation.execute_host, the SFT data's executor) and appends the
+  observation turn (and its vision item) to the conversation."""
+  rc = env.rollout
+  gh, gw = rc.obs_hw[0] // image.PATCH, rc.obs_hw[1] // image.PATCH
+  action, err = grammar.parse_action_text(tok.decode(toks), num_frames=env.num_frames,
+                                          max_frames=rc.max_clip_frames)
+  modality, groups = chat.IMAGE, 0
+  if action is not None:
+    frames, groups, err, modality = observation.execute_host(
+        source_frames, action, obs_hw=rc.obs_hw, max_clip_frames=rc.max_clip_frames,
+        crop_margin=rc.crop_margin, crop_min_px=rc.crop_min_px, num_frames=env.num_frames)
+  if int(err) == 0:
+    patches = np.asarray(pixel_ops.to_patches_host(jnp.asarray(frames[:image.TEMPORAL * groups])))
+    conv["items"].append(("image" if modality == chat.IMAGE else "video", patches, np.array([groups, gh, gw]),
+                          rc.clip_seconds_per_group))
+  conv["ids"] += chat.observation_ids(tok, int(err), groups * gh * gw // image.MERGE ** 2, modality)[0]
+
+
+def hf_rollout(model, tok, env, prompts, work=None):
+  """The rumination loop with HF generate: one generate call per step over the still-running conversations,
+  each re-prefilled from its first token (HF keeps no cache across the observation turns)."""
+  from transformers import GenerationConfig, LogitsProcessorList
+  rc = env.rollout
   stops = {tok.tool_call_end_id, tok.im_end_id}
   gc = GenerationConfig(do_sample=False, max_new_tokens=rc.max_step_tokens, eos_token_id=sorted(stops),
                         pad_token_id=tok.pad_id, bos_token_id=tok.pad_id)
-  gh, gw = rc.obs_hw[0] // 14, rc.obs_hw[1] // 14
   n = prompts["input_ids"].shape[0]
   convs = [dict(ids=prompts["input_ids"][i][prompts["attention_mask"][i] > 0].tolist(), gen=[], done=False,
                 items=[("video", prompts["pixel_values_videos"][i], prompts["video_grid_thw"][i], 1.0)])
@@ -182,24 +232,10 @@ def hf_rollout(model, tok, env, prompts, work=None):
     active = [i for i in range(n) if not convs[i]["done"]]
     if not active:
       break
-    L = max(len(convs[i]["ids"]) for i in active)
-    ids = np.full((len(active), L), tok.pad_id, np.int64)
-    mask = np.zeros_like(ids)
-    for j, i in enumerate(active):
-      ids[j, L - len(convs[i]["ids"]):], mask[j, L - len(convs[i]["ids"]):] = convs[i]["ids"], 1
-    types = np.where(ids == tok.image_pad_id, 1, np.where(ids == tok.video_pad_id, 2, 0))
-    kw = dict(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-              mm_token_type_ids=torch.from_numpy(types))
-    for kind, px, grid in (("image", "pixel_values", "image_grid_thw"), ("video", "pixel_values_videos",
-                                                                         "video_grid_thw")):
-      its = [it for i in active for it in convs[i]["items"] if it[0] == kind]
-      if its:
-        kw[px] = torch.from_numpy(np.concatenate([it[1] for it in its]).astype(np.float32))
-        kw[grid] = torch.from_numpy(np.stack([it[2] for it in its]).astype(np.int64))
-        if kind == "video":
-          kw["second_per_grid_ts"] = torch.tensor([it[3] for it in its], dtype=torch.float32)
+    kw, L = hf_batch(convs, active, tok)
     model.model.rope_deltas = None
-    out = model.generate(**kw, generation_config=gc, logits_processor=LogitsProcessorList([Grammar(len(active), L)]))
+    processors = LogitsProcessorList([grammar_processor(env, tok, len(active), L)])
+    out = model.generate(**kw, generation_config=gc, logits_processor=processors)
     if work is not None:          # decoder token-rows: the prefill of L slots, then one slot per later new token
       work.append(len(active) * (out.shape[1] - 1))
     for j, i in enumerate(active):
@@ -211,18 +247,7 @@ def hf_rollout(model, tok, env, prompts, work=None):
       if not end or toks[-1] == tok.im_end_id:          # answered or cut at the budget: the row stops
         c["done"] = True
         continue
-      action, err = grammar.parse_action_text(tok.decode(toks), num_frames=env.num_frames,
-                                              max_frames=rc.max_clip_frames)
-      modality, groups = chat.IMAGE, 0
-      if action is not None:
-        frames, groups, err, modality = observation.execute_host(
-            prompts["source_frames"][i], action, obs_hw=rc.obs_hw, max_clip_frames=rc.max_clip_frames,
-            crop_margin=rc.crop_margin, crop_min_px=rc.crop_min_px, num_frames=env.num_frames)
-      if int(err) == 0:
-        patches = np.asarray(pixel_ops.to_patches_host(jnp.asarray(frames[:2 * groups])))
-        c["items"].append(("image" if modality == chat.IMAGE else "video", patches, np.array([groups, gh, gw]),
-                           rc.clip_seconds_per_group))
-      c["ids"] += chat.observation_ids(tok, int(err), groups * gh * gw // 4, modality)[0]
+      hf_observe(env, tok, c, toks, prompts["source_frames"][i])
   return [c["gen"] for c in convs]
 
 

@@ -7,7 +7,7 @@ ready-to-paste markdown table with where and when it was measured.
 Benches: train_step (SFT / GRPO ours vs HF, first-step compile), compile_cache (cold vs warm process start),
 decode_step (ms per decode token, fraction of the measured memory roofline), rollout (bench/rollout.py as it is),
 compile_time (rollout compile vs R and B*G), logprob_memory, data_pipeline (video decode). `--quick` runs each in
-its quick mode (the table says which). The TPU rows (bench/tpu_aot.py) need a jax[tpu] venv and are not run.
+its quick mode (the table says which). The TPU fit (`train.py --aot_topology`, README) needs a jax[tpu] venv and is not run here.
 `--table-only` rebuilds the table from the JSONs already there. Load average before / after each bench is in
 the table's notes: figures taken at a load above the CPU count are flagged (XLA and torch both slow down, torch's
 OpenMP threads far more when the cores are oversubscribed).

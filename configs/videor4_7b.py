@@ -45,8 +45,11 @@ def get_config(model: dict = QWEN25_VL_7B, workdir: str = "runs/videor4_7b") -> 
   # 256*28*28 (a 308x308 crop is a fixed point).
   c.processor_overrides = dict(video_min_pixels=4 * 28 * 28, video_max_pixels=128 * 28 * 28,
                                image_min_pixels=4 * 28 * 28, image_max_pixels=256 * 28 * 28)
+  # attention_q_chunk (ours): the GRPO step's teacher-forced forward over 8 rows x 5120 slots per chip held the
+  # whole [rows, 28, S, S] float32 scores and their gradient: 113.7 GB of temporaries on a 95 GB v5p chip
+  # (train.py --aot_topology=v5p:2x2x4). In 512-query chunks they are 1/10 of that.
   c.model = dict(model, dtype="bfloat16", param_dtype="float32", scan_layers=True, remat="full",
-                 initializer_range=0.02)
+                 initializer_range=0.02, attention_q_chunk=512)
   # RL prompts and evaluation: M4-ViteVQA (PAPER: Video-R4 evaluates on its Task1 Split1 / Split2 / Task2).
   # SFT stages read the trajectories data set (stage `data` below).
   c.data = dict(name="m4_vitevqa/task1_split1", data_dir="", seed=0)

@@ -1,4 +1,6 @@
 """Flax Qwen2.5-VL equals HF transformers on the same random weights: logits, rope index, modules, generation."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -212,3 +214,43 @@ def test_unrolled_layers_match_hf_and_the_scanned_layout(pair, name):
   assert np.abs(ours - ours_scanned)[valid].max() <= 1e-5
   with pytest.raises(ValueError, match="no stacked 'layers'"):
     vlm.unstack_layers(config, relaid)
+
+
+@pytest.mark.parametrize("name,q_chunk", [("long_mixed", 96), ("left_padded", 8)])
+def test_query_chunked_attention_matches_hf(pair, name, q_chunk):
+  """attention_q_chunk (the 7B recipe's memory setting) gives HF's logits; the chunks do not divide the length,
+  so the padded, fully masked query rows are exercised too (and left padding masks whole rows)."""
+  hf, config, params = pair
+  full, ref, valid, (ids, _, images, videos, spg, mask) = _run_both(pair, name)
+  assert ids.shape[1] % q_chunk != 0
+  rng = np.random.default_rng(0)
+  _case(name, rng)
+  pv = random_patches(rng, images) if images else None
+  pvv = random_patches(rng, videos) if videos else None
+  args = (ids, mask, pv, None if not images else np.array(images), pvv, None if not videos else np.array(videos),
+          None if spg is None else np.array(spg, np.float32))
+  chunked = config.replace(attention_q_chunk=q_chunk)
+  ours = np.asarray(jax.jit(lambda p, *a: videor4_jax.forward(chunked, p, *a))(params, *args))
+  assert np.abs(ours - ref)[valid].max() <= LOGIT_TOL
+  assert np.abs(ours - full)[valid].max() <= 1e-5
+
+
+def test_query_chunked_attention_gradients_equal_whole():
+  """Gradients through the chunked, rematerialized attention equal the whole-sequence ones (fully masked rows
+  included), and the chunked backward never holds the whole [B, H, Q, K] scores: its jaxpr has no array of
+  that size."""
+  from videor4_jax.model.layers import masked_attention
+  rng = np.random.default_rng(3)
+  b, q_len, h, hkv, d = 2, 37, 4, 2, 8
+  q, k, v = (jnp.asarray(rng.normal(size=(b, q_len, n, d)), jnp.float32) for n in (h, hkv, hkv))
+  mask = np.tril(np.ones((q_len, q_len), bool))[None].repeat(b, 0)
+  mask[1, :5] = False                                   # padding rows: fully masked
+  w = jnp.asarray(rng.normal(size=(b, q_len, h, d)), jnp.float32)
+  loss = lambda chunk: lambda q, k, v: (masked_attention(q, k, v, mask, scale=0.3, q_chunk=chunk) * w).sum()
+  whole = jax.grad(loss(0), argnums=(0, 1, 2))(q, k, v)
+  chunked = jax.grad(loss(8), argnums=(0, 1, 2))(q, k, v)
+  for a, c in zip(whole, chunked):
+    np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-5, atol=1e-6)
+  scores_whole = re.compile(rf"f32\[[0-9,]*{q_len},{q_len}\]")         # float [..., Q, K] arrays
+  assert scores_whole.search(str(jax.make_jaxpr(jax.grad(loss(0)))(q, k, v)))
+  assert not scores_whole.search(str(jax.make_jaxpr(jax.grad(loss(8)))(q, k, v)))

@@ -91,6 +91,8 @@ class ModelConfig:
   scan_layers: bool = True       # lax.scan over decoder layers and vision blocks (compile time O(1) in depth)
   remat: str = "none"            # "none" | "full" | "dots": rematerialization policy per layer
   initializer_range: float = 0.02  # std of the normal init of every kernel and embedding (HF's value is 0.02)
+  attention_q_chunk: int = 0     # > 0: decoder self-attention over the whole sequence (train / reference forward)
+                                 # in query chunks of this size (model/layers.masked_attention); 0: in one piece
 
   def __post_init__(self):
     if self.vision.out_hidden_size != self.text.hidden_size:
@@ -98,6 +100,8 @@ class ModelConfig:
                        f"text.hidden_size={self.text.hidden_size}")
     if self.remat not in ("none", "full", "dots"):
       raise ValueError(f"remat={self.remat!r}; expected one of 'none', 'full', 'dots'")
+    if self.attention_q_chunk < 0:
+      raise ValueError(f"attention_q_chunk={self.attention_q_chunk} must be >= 0 (0: no chunking)")
 
   def replace(self, **kw) -> "ModelConfig":
     return dataclasses.replace(self, **kw)

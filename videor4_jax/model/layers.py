@@ -64,12 +64,33 @@ def apply_rotary(x, cos, sin):
   return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)
 
 
-def masked_attention(q_bqhd, k_bkhd, v_bkhd, mask_bqk, *, scale: float):
+def masked_attention(q_bqhd, k_bkhd, v_bkhd, mask_bqk, *, scale: float, q_chunk: int = 0):
   """Softmax attention with grouped KV heads. q: [B, Q, H, D]; k, v: [B, K, Hkv, D]; mask: [B, Q, K] bool.
 
   Scores and softmax in float32; masked scores take the dtype minimum (not -inf) so that a fully masked query
   row (padding) yields a finite, unused output instead of NaN.
+
+  q_chunk > 0 (and < Q): queries are processed `q_chunk` at a time under `lax.map`, each chunk rematerialized
+  in the backward pass, so the `[B, H, Q, K]` float32 scores exist one `[B, H, q_chunk, K]` slice at a time. Every
+  query row still sees all of its keys, so the softmax is the same row-wise computation (no online rescaling);
+  only the peak memory changes. At the 7B recipe's GRPO shape (8 rows of 5120 slots per chip, 28 heads) the
+  whole-sequence scores and their gradient did not fit a 95 GB v5p chip (train/aot.py report).
   """
+  q_len = q_bqhd.shape[1]
+  if not q_chunk or q_chunk >= q_len:
+    return _attention(q_bqhd, k_bkhd, v_bkhd, mask_bqk, scale)
+  pad = -q_len % q_chunk                  # padded query rows are fully masked: finite outputs, sliced off
+  q = jnp.pad(q_bqhd, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  mask = jnp.pad(mask_bqk, ((0, 0), (0, pad), (0, 0)))
+  b, n_chunks = q.shape[0], q.shape[1] // q_chunk
+  q_nbchd = q.reshape(b, n_chunks, q_chunk, *q.shape[2:]).swapaxes(0, 1)
+  mask_nbck = mask.reshape(b, n_chunks, q_chunk, mask.shape[-1]).swapaxes(0, 1)
+  chunk = jax.checkpoint(lambda qm: _attention(qm[0], k_bkhd, v_bkhd, qm[1], scale))
+  out_nbchd = jax.lax.map(chunk, (q_nbchd, mask_nbck))
+  return out_nbchd.swapaxes(0, 1).reshape(b, n_chunks * q_chunk, *q.shape[2:])[:, :q_len]
+
+
+def _attention(q_bqhd, k_bkhd, v_bkhd, mask_bqk, scale):
   b, q_len, h, d = q_bqhd.shape
   hkv = k_bkhd.shape[2]
   q = q_bqhd.reshape(b, q_len, hkv, h // hkv, d)

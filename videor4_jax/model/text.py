@@ -134,7 +134,7 @@ class DecoderLayer(nn.Module):
                               dtype=dtype)
     else:
       k = nn.with_logical_constraint(k, ("batch", "cache_length", "kv_heads_act", None))
-      attn = masked_attention(q, k, v, mask_bqk, scale=t.head_dim ** -0.5)
+      attn = masked_attention(q, k, v, mask_bqk, scale=t.head_dim ** -0.5, q_chunk=c.attention_q_chunk)
     attn = attn.reshape(b, n, t.num_attention_heads * t.head_dim)
     x_btd = x_btd + dense(t.hidden_size, ("q_heads", "embed"), use_bias=False, name="o_proj", **kw)(attn)
     h = RMSNorm(t.rms_norm_eps, dtype=dtype, param_dtype=pdt, name="post_attention_layernorm")(x_btd)

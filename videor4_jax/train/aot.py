@@ -26,7 +26,7 @@ from videor4_jax.model import vlm
 from videor4_jax.parallel.sharding import batch_sharding, row_shards
 from videor4_jax.rumination.rollout import make_rollout_fn
 from videor4_jax.train import grpo_stage, roofline
-from videor4_jax.train.context import RunContext, build_context, make_steps, stage_optimizer
+from videor4_jax.train.context import RunContext, build_context, make_steps, stage_frozen, stage_optimizer
 from videor4_jax.train.curriculum import _SFT_KEYS
 from videor4_jax.train.steps import TrainState
 
@@ -103,7 +103,8 @@ class AbstractRun:
     opt = jax.eval_shape(tx.init, self.params)
     shard = optax.tree_map_params(tx, lambda _, p: p.sharding, opt, self.params, transform_non_params=lambda _: rep)
     opt = jax.tree.map(lambda x, s: _sds(x.shape, x.dtype, s), opt, shard)
-    return TrainState(step=_sds((), jnp.int32, rep), params=self.params, opt_state=opt, tx=tx)
+    return TrainState(step=_sds((), jnp.int32, rep), params=self.params, opt_state=opt, tx=tx,
+                      frozen=stage_frozen(self.cfg, stage))
 
 
 def abstract_run(cfg, devices, explicit=()) -> AbstractRun:

@@ -122,6 +122,11 @@ def stage_optimizer(cfg, stage: str):
     raise ValueError(f"config.stages.{stage}: {e}") from e
 
 
+def stage_frozen(cfg, stage: str) -> tuple:
+  """The param subtrees the stage does not train (TrainState.frozen): ("visual",) with freeze_vision."""
+  return ("visual",) if cfg.stages[stage].get("freeze_vision", False) else ()
+
+
 def run_mesh(cfg, devices=None) -> jax.sharding.Mesh:
   """`config.mesh_shape` over `devices` (default: every device; train/aot.py passes a TPU topology's)."""
   return make_mesh(tuple(cfg.get("mesh_shape", (-1, 1, 1))), devices=devices)

@@ -30,7 +30,7 @@ from videor4_jax.parallel.sharding import batch_sharding
 from videor4_jax.train import checkpoint as ckpt_lib
 from videor4_jax.train import grpo_stage
 from videor4_jax.train.context import (LoopState, RunContext, Steps, build_context, init_params, make_steps,
-                                       place_state, shard_batch, stage_optimizer, validate_curriculum,
+                                       place_state, shard_batch, stage_frozen, stage_optimizer, validate_curriculum,
                                        warn_if_skipped)
 from videor4_jax.train.metrics_writer import MetricsWriter
 from videor4_jax.train.preemption import Preempted, PreemptionGuard
@@ -145,7 +145,8 @@ def resume(ctx: RunContext, ckpt: ckpt_lib.Checkpointer, params) -> tuple[LoopSt
   print(f"resuming at stage {meta['stage']!r} step {loop.step_in_stage} (global step {loop.global_step})",
         flush=True)
   state = TrainState(step=saved["step"], params=jax.device_put(saved["params"], ctx.param_shardings),
-                     opt_state=saved["opt_state"], tx=stage_optimizer(ctx.cfg, meta["stage"]))
+                     opt_state=saved["opt_state"], tx=stage_optimizer(ctx.cfg, meta["stage"]),
+                     frozen=stage_frozen(ctx.cfg, meta["stage"]))
   return loop, place_state(ctx, state)
 
 
@@ -240,7 +241,7 @@ class Runner:
           if state is None or i > self.loop.stage_index:    # a stage from its first step: its own optimizer
             self.loop.stage_index, self.loop.step_in_stage = i, 0
             state = place_state(ctx, TrainState.create(params if state is None else state.params,
-                                                       stage_optimizer(ctx.cfg, stage)))
+                                                       stage_optimizer(ctx.cfg, stage), stage_frozen(ctx.cfg, stage)))
           state = self.train_stage(steps, stage, state)
           if stage not in report["stages"] and ctx.cfg.eval.num_examples:   # 0: evaluation off (e.g. tests)
             report["stages"][stage] = evaluate_stage(ctx, self.source_fn, state.params, stage, self.writer,

@@ -18,7 +18,8 @@ class OptimConfig:
   b2: float = 0.999
   clip_norm: float = 1.0
   grad_accum: int = 1
-  freeze_vision: bool = False     # SFT option: the vision tower (params["params"]["visual"]) gets no updates
+  freeze_vision: bool = False     # the vision tower (params["params"]["visual"]) gets no updates; its gradient is
+                                  # not computed at all when the TrainState lists it as frozen (train/steps.py)
 
   def __post_init__(self):
     if self.lr <= 0 or self.total_steps < 1 or self.grad_accum < 1 or self.warmup_steps < 0:

@@ -24,10 +24,15 @@ class TrainState:
   params: Any
   opt_state: Any
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+  # Subtrees of params["params"] that take no gradient at all (e.g. ("visual",) for a frozen vision tower): the
+  # forward sees them through stop_gradient, so no backward pass runs through them and their zero gradients
+  # stay out of the clipping norm, as with requires_grad=False in PyTorch. (Masking only the optimizer update,
+  # as OptimConfig.freeze_vision does, still paid the tower's backward and counted it in the global norm.)
+  frozen: tuple = flax.struct.field(pytree_node=False, default=())
 
   @classmethod
-  def create(cls, params, tx):
-    return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), tx=tx)
+  def create(cls, params, tx, frozen: tuple = ()):
+    return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), tx=tx, frozen=tuple(frozen))
 
   def apply_gradients(self, grads):
     updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
@@ -44,6 +49,19 @@ def sequence_logprobs(config, params, batch, *, temperature: float = 1.0, seq_ch
   return jnp.pad(lp, ((0, 0), (1, 0)))
 
 
+def without_frozen_grads(params, frozen: tuple):
+  """params with the `frozen` subtrees of params["params"] behind stop_gradient (TrainState.frozen)."""
+  if not frozen:
+    return params
+  inner = dict(params["params"])
+  missing = [name for name in frozen if name not in inner]
+  if missing:
+    raise KeyError(f"frozen subtrees {missing} are not in params['params'] (has {sorted(inner)})")
+  for name in frozen:
+    inner[name] = jax.lax.stop_gradient(inner[name])
+  return {**params, "params": inner}
+
+
 def _update_if(update, state: TrainState, grads) -> TrainState:
   """The optimizer step when `update` (a traced bool), else the state bitwise unchanged.
 
@@ -57,7 +75,7 @@ def _update_if(update, state: TrainState, grads) -> TrainState:
 def sft_step(config, state: TrainState, batch):
   """Cross-entropy on the model's own tokens: L = -sum_s m_s log p(x_s | x_<s) / sum_s m_s (m = loss_mask)."""
   def loss_fn(params):
-    logp = sequence_logprobs(config, params, batch)
+    logp = sequence_logprobs(config, without_frozen_grads(params, state.frozen), batch)
     mask = batch["loss_mask"].astype(jnp.float32)
     n = jnp.maximum(mask.sum(), 1.0)
     loss = -(logp * mask).sum() / n
@@ -93,7 +111,8 @@ def grpo_step(config, gcfg: grpo.GRPOConfig, state: TrainState, batch, ref_param
     ref_logp = jax.lax.stop_gradient(sequence_logprobs(config, ref_params, batch, temperature=gcfg.temperature))
 
   def loss_fn(params):
-    logp = sequence_logprobs(config, params, batch, temperature=gcfg.temperature)
+    logp = sequence_logprobs(config, without_frozen_grads(params, state.frozen), batch,
+                             temperature=gcfg.temperature)
     return grpo.grpo_loss(logp, batch["logp"], batch["advantages"], mask, ref_logp_bt=ref_logp, beta=gcfg.beta,
                           eps_low=gcfg.eps_low, eps_high=gcfg.eps_high, aggregation=gcfg.aggregation,
                           max_len=gcfg.max_len, keep_b=keep)
