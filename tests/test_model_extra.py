@@ -14,7 +14,7 @@ from hf_tiny import greedy_ours, make_tiny_hf_checkpoint, random_patches
 from videor4_jax.convert.hf import CheckpointError
 from videor4_jax.model import rope_index, vlm
 from videor4_jax.model.config import model_config_from_dict
-from videor4_jax.parallel.sharding import make_mesh, param_shardings
+from videor4_jax.parallel.sharding import make_mesh, param_shardings, use_mesh
 
 IMG, VS, VE = 990, 992, 993
 
@@ -122,7 +122,7 @@ def test_sharded_forward_equals_single_device(ckpt):
   ids_sharded = jax.device_put(ids, NamedSharding(mesh, P("data")))
   assert not ids_sharded.sharding.is_fully_replicated
   fwd = jax.jit(lambda p, i, v: videor4_jax.forward(config, p, i, pixel_values=v, image_grid_thw=grid))
-  with jax.set_mesh(mesh):
+  with use_mesh(mesh):
     got = fwd(sharded, ids_sharded, pv)
   ref = fwd(params, ids, pv)
   d = np.abs(np.asarray(got) - np.asarray(ref)).max()

@@ -225,7 +225,7 @@ def test_compiled_graph_does_not_grow_with_steps(setup):
 def test_sharded_rollout_equals_single_device(setup, rollout2):
   """Batch over (data, fsdp), weights by the logical rules, on the 8-device CPU mesh."""
   from jax.sharding import NamedSharding, PartitionSpec as P
-  from videor4_jax.parallel.sharding import make_mesh, param_shardings
+  from videor4_jax.parallel.sharding import make_mesh, param_shardings, use_mesh
   tok, config, params, env = setup
   prompts = make_prompts(tok, config, 4, seed=4)
   fn = rollout2
@@ -233,7 +233,7 @@ def test_sharded_rollout_equals_single_device(setup, rollout2):
   mesh = make_mesh((2, 2, 2))
   sp = jax.device_put(params, param_shardings(config, mesh))
   batch_sharded = {k: jax.device_put(v, NamedSharding(mesh, P(("data", "fsdp")))) for k, v in prompts.items()}
-  with jax.set_mesh(mesh):
+  with use_mesh(mesh):
     got = fn(sp, batch_sharded, jax.random.key(4))
   np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(ref.tokens))
   a, b = np.asarray(got.logp), np.asarray(ref.logp)

@@ -147,7 +147,7 @@ def test_sharded_steps_equal_single_device():
   constant residual direction makes some gradients sums of terms ~100x larger than the result)."""
   from jax.sharding import NamedSharding, PartitionSpec as P
   from videor4_jax.model import vlm
-  from videor4_jax.parallel.sharding import make_mesh, param_shardings
+  from videor4_jax.parallel.sharding import make_mesh, param_shardings, use_mesh
   tok, config, _, env = make_setup()
   params = vlm.init_params(config, jax.random.key(PARAMS_SEED))
   batch, traj = sft_batch(n=4)
@@ -167,7 +167,7 @@ def test_sharded_steps_equal_single_device():
   for name, b in (("sft", batch), ("grpo", gbatch)):
     args = (params,) if name == "grpo" else ()
     want_state, want = jax.jit(steps[name])(TrainState.create(params, tx), b, *args)
-    with jax.set_mesh(mesh):
+    with use_mesh(mesh):
       sargs = (sharded_params,) if name == "grpo" else ()
       got_state, got = jax.jit(steps[name])(TrainState.create(sharded_params, tx), put_batch(b), *sargs)
     assert got_state.params["params"]["decoder"]["layers"]["mlp"]["down_proj"]["kernel"].sharding.spec != P()
@@ -184,6 +184,25 @@ def test_sharded_steps_equal_single_device():
     jax.tree_util.tree_map_with_path(close, got_state.params, want_state.params, params)
     print(f"{name}: worst gradient error {max(worst)[0]:.2e} relative, at {max(worst)[1]}")
     assert max(worst)[0] < SHARDED_GRAD_TOL, (name, sorted(worst)[-3:])
+
+
+def test_activation_constraints_apply_under_use_mesh():
+  """Under parallel.sharding.use_mesh the decoder's activation constraints (q, k, v, attention output, MLP hidden,
+  layer output: model/layers.constrain) are in the lowered step; under a bare jax.set_mesh there are no rules and
+  flax drops them silently, which left XLA free to keep the 7B GRPO step's activations whole on every chip."""
+  from videor4_jax.parallel.sharding import make_mesh, use_mesh
+  tok, config, params, env = make_setup()
+  batch, _ = sft_batch(n=4)
+  state = TrainState.create(params, optax.sgd(1.0))
+  mesh = make_mesh((2, 2, 2))
+
+  def constraints(context):       # a new jit each time: JAX's trace cache does not key on flax's rules
+    with context:
+      text = jax.jit(functools.partial(sft_step, config)).lower(state, batch).as_text()
+    return text.count("sdy.sharding_constraint") + text.count("@Sharding")
+
+  assert constraints(jax.set_mesh(mesh)) == 0
+  assert constraints(use_mesh(mesh)) >= 6
 
 
 PARAMS_SEED = 0

@@ -91,8 +91,8 @@ class ModelConfig:
   scan_layers: bool = True       # lax.scan over decoder layers and vision blocks (compile time O(1) in depth)
   remat: str = "none"            # "none" | "full" | "dots": rematerialization policy per layer
   initializer_range: float = 0.02  # std of the normal init of every kernel and embedding (HF's value is 0.02)
-  attention_q_chunk: int = 0     # > 0: decoder self-attention over the whole sequence (train / reference forward)
-                                 # in query chunks of this size (model/layers.masked_attention); 0: in one piece
+  attention_q_chunk: int = 0     # > 0: self-attention over whole sequences (vision tower; decoder in training and
+                                 # reference forwards) in query chunks of this size (model/layers.masked_attention)
 
   def __post_init__(self):
     if self.vision.out_hidden_size != self.text.hidden_size:

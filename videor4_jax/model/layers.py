@@ -5,8 +5,26 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = jnp.dtype
+
+
+def constrain(x, logical_axes: tuple):
+  """`x` constrained to the mesh layout its logical axes map to under the active rules
+  (`parallel.sharding.use_mesh`); unchanged outside a mesh, without rules, or when a sharded dimension does not
+  divide evenly (a decode batch narrowed to 3 rows on 8 devices). Activations need it: left to itself XLA laid
+  the 7B GRPO step's MLP activations out whole on every chip, sharded like the FSDP weights instead of by row."""
+  rules = nn.get_logical_axis_rules()
+  mesh = jax.sharding.get_abstract_mesh()
+  if not rules or mesh.empty:
+    return x
+  spec = nn.logical_to_mesh_axes(logical_axes, rules)
+  for size, axes in zip(x.shape, spec):
+    names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    if any(a not in mesh.shape for a in names) or size % int(np.prod([mesh.shape[a] for a in names])):
+      return x
+  return jax.lax.with_sharding_constraint(x, spec)
 
 
 def dense(features: int, axes: tuple[str, str], *, use_bias: bool, dtype, param_dtype, name: str,
@@ -48,8 +66,7 @@ class SwiGLU(nn.Module):
     kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype, init_std=self.init_std)
     gate = dense(self.intermediate, ("embed", "mlp"), name="gate_proj", **kw)(x)
     up = dense(self.intermediate, ("embed", "mlp"), name="up_proj", **kw)(x)
-    h = nn.with_logical_constraint(jax.nn.silu(gate) * up, ("batch", "length", "mlp")) if x.ndim == 3 else (
-        jax.nn.silu(gate) * up)
+    h = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp")) if x.ndim == 3 else jax.nn.silu(gate) * up
     return dense(self.hidden, ("mlp", "embed"), name="down_proj", **kw)(h)
 
 

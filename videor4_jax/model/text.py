@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from videor4_jax.model.config import ModelConfig
-from videor4_jax.model.layers import RMSNorm, SwiGLU, apply_rotary, dense, masked_attention
+from videor4_jax.model.layers import RMSNorm, SwiGLU, apply_rotary, constrain, dense, masked_attention
 
 
 @flax.struct.dataclass
@@ -99,7 +99,7 @@ def cached_attention(q_bqhd, cache_kv, layer, mask_bqk, write_index, rows=None, 
       v = jax.lax.dynamic_slice(v_all, (layer, 0, 0, 0, 0), (1, b, size, hkv, dh))[0]
       if rows is not None:
         k, v = jnp.take(k, rows, axis=0), jnp.take(v, rows, axis=0)
-      k = nn.with_logical_constraint(k, ("batch", "cache_length", "kv_heads_act", None))
+      k = constrain(k, ("batch", "cache_length", "kv_heads_act", None))
       return masked_attention(q, k.astype(dtype), v.astype(dtype), mask[:, :, :size], scale=scale)
     return attend
 
@@ -123,9 +123,9 @@ class DecoderLayer(nn.Module):
     q = dense(t.num_attention_heads * t.head_dim, ("embed", "q_heads"), use_bias=True, name="q_proj", **kw)(h)
     k = dense(t.num_key_value_heads * t.head_dim, ("embed", "kv_heads"), use_bias=True, name="k_proj", **kw)(h)
     v = dense(t.num_key_value_heads * t.head_dim, ("embed", "kv_heads"), use_bias=True, name="v_proj", **kw)(h)
-    q = q.reshape(b, n, t.num_attention_heads, t.head_dim)
-    k = k.reshape(b, n, t.num_key_value_heads, t.head_dim)
-    v = v.reshape(b, n, t.num_key_value_heads, t.head_dim)
+    q = constrain(q.reshape(b, n, t.num_attention_heads, t.head_dim), ("batch", "length", "q_heads", None))
+    k = constrain(k.reshape(b, n, t.num_key_value_heads, t.head_dim), ("batch", "length", "kv_heads", None))
+    v = constrain(v.reshape(b, n, t.num_key_value_heads, t.head_dim), ("batch", "length", "kv_heads", None))
     q = apply_rotary(q, cos[:, :, None], sin[:, :, None])
     k = apply_rotary(k, cos[:, :, None], sin[:, :, None])
     if cache_kv is not None:
@@ -133,13 +133,13 @@ class DecoderLayer(nn.Module):
       attn = cached_attention(q, cache_kv, layer, mask_bqk, write_index, rows, scale=t.head_dim ** -0.5,
                               dtype=dtype)
     else:
-      k = nn.with_logical_constraint(k, ("batch", "cache_length", "kv_heads_act", None))
+      k = constrain(k, ("batch", "cache_length", "kv_heads_act", None))
       attn = masked_attention(q, k, v, mask_bqk, scale=t.head_dim ** -0.5, q_chunk=c.attention_q_chunk)
-    attn = attn.reshape(b, n, t.num_attention_heads * t.head_dim)
+    attn = constrain(attn.reshape(b, n, t.num_attention_heads * t.head_dim), ("batch", "length", "q_heads"))
     x_btd = x_btd + dense(t.hidden_size, ("q_heads", "embed"), use_bias=False, name="o_proj", **kw)(attn)
     h = RMSNorm(t.rms_norm_eps, dtype=dtype, param_dtype=pdt, name="post_attention_layernorm")(x_btd)
     x_btd = x_btd + SwiGLU(t.hidden_size, t.intermediate_size, use_bias=False, name="mlp", **kw)(h)
-    x_btd = nn.with_logical_constraint(x_btd, ("batch", "length", "embed"))
+    x_btd = constrain(x_btd, ("batch", "length", "embed"))
     return (x_btd, cache_kv), None
 
 

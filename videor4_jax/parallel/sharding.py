@@ -6,6 +6,8 @@ vocab; activations are sharded on batch over ("data", "fsdp").
 """
 from __future__ import annotations
 
+import contextlib
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -66,6 +68,14 @@ def param_logical_specs(config: ModelConfig):
 def param_shardings(config: ModelConfig, mesh, rules=LOGICAL_RULES):
   """NamedShardings for `{"params": ...}` under `rules`."""
   return nn.logical_to_mesh_sharding(param_logical_specs(config), mesh, rules)
+
+
+@contextlib.contextmanager
+def use_mesh(mesh):
+  """`jax.set_mesh(mesh)` with LOGICAL_RULES active, for tracing and running the model's jitted functions.
+  Without the rules every activation constraint in the model (model/layers.constrain) is a no-op."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+    yield
 
 
 def row_shards(mesh) -> int:

@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from videor4_jax.data.features import RlFeaturizer, SftFeaturizer
 from videor4_jax.model import vlm
-from videor4_jax.parallel.sharding import batch_sharding, row_shards
+from videor4_jax.parallel.sharding import batch_sharding, row_shards, use_mesh
 from videor4_jax.rumination.rollout import make_rollout_fn
 from videor4_jax.train import grpo_stage, roofline
 from videor4_jax.train.context import RunContext, build_context, make_steps, stage_frozen, stage_optimizer
@@ -117,7 +117,7 @@ def abstract_run(cfg, devices, explicit=()) -> AbstractRun:
 def _compile(run: AbstractRun, fn, args, name, stages, hbm, resident=0) -> GraphReport:
   t0 = time.perf_counter()
   try:
-    with jax.set_mesh(run.mesh):
+    with use_mesh(run.mesh):
       compiled = fn.lower(*args).compile()
   except Exception as e:      # XLA refuses a program whose temporaries exceed HBM: that is a "does not fit"
     if "RESOURCE_EXHAUSTED" not in str(e) or hbm is None:

@@ -26,7 +26,7 @@ from videor4_jax.data import pipeline
 from videor4_jax.data.features import RlFeaturizer, SftFeaturizer
 from videor4_jax.eval.loop import evaluate
 from videor4_jax.parallel import distributed
-from videor4_jax.parallel.sharding import batch_sharding
+from videor4_jax.parallel.sharding import batch_sharding, use_mesh
 from videor4_jax.train import checkpoint as ckpt_lib
 from videor4_jax.train import grpo_stage
 from videor4_jax.train.context import (LoopState, RunContext, Steps, build_context, init_params, make_steps,
@@ -111,7 +111,7 @@ def run_sft(ctx: RunContext, steps: Steps, stage: str, state: TrainState, data_i
   s = ctx.cfg.stages[stage]
   for step in range(loop.step_in_stage, s.steps):
     t0 = time.time()
-    with jax.set_mesh(ctx.mesh):
+    with use_mesh(ctx.mesh):
       state, m = steps.sft(state, shard_batch(ctx, _sft_batch(next(data_iter)), s.batch_size))
     m = jax.device_get(m)
     warn_if_skipped(loop, stage, step, m)
@@ -154,7 +154,7 @@ def evaluate_stage(ctx: RunContext, source_fn, params, stage: str, writer, globa
   """{mode: summary} on the held-out split, with and without rumination; each summary is also logged."""
   out = {}
   for mode in ("rumination", "single_pass"):
-    with jax.set_mesh(ctx.mesh):
+    with use_mesh(ctx.mesh):
       res = evaluate(ctx.env, params, ctx.processor, eval_source(ctx.cfg, source_fn), dataclasses.replace(
         ctx.pcfg, batch_size=ctx.cfg.eval.batch_size), mode=mode, num_examples=ctx.cfg.eval.num_examples)
     out[mode] = res["summary"]

@@ -17,6 +17,7 @@ import numpy as np
 from videor4_jax.data.features import decode_strings
 from videor4_jax.eval.loop import final_segment
 from videor4_jax.parallel import distributed
+from videor4_jax.parallel.sharding import use_mesh
 from videor4_jax.rl import grpo, rewards
 from videor4_jax.train import checkpoint as ckpt_lib
 from videor4_jax.train.context import LoopState, RunContext, Steps, shard_batch, warn_if_skipped
@@ -69,7 +70,7 @@ def _draw(ctx: RunContext, rollout, stage: str, state: TrainState, data_iter, ke
   gcfg, rcfg = ctx.gcfg, ctx.reward_cfgs[stage]
   G, s = gcfg.num_generations, ctx.cfg.stages[stage]
   batch = next(data_iter)
-  with jax.set_mesh(ctx.mesh):
+  with use_mesh(ctx.mesh):
     traj = rollout(state.params, shard_batch(ctx, {k: batch[k] for k in _INPUTS}, s.batch_size), key)
   # The text rewards are computed on the host, for the whole global batch, identically in every process.
   host, answers = distributed.to_host((traj, shard_batch(
@@ -108,7 +109,7 @@ def _sample_batch(ctx: RunContext, rollout, stage: str, step: int, state: TrainS
   if ds["draws"] == 1:
     return (*draws[0], ds, generated)
   rows = np.asarray([(d * batch_size + g) * G + j for d, g in picked for j in range(G)])   # in the order picked
-  with jax.set_mesh(ctx.mesh):
+  with use_mesh(ctx.mesh):
     b, terms = _take_rows([d[0] for d in draws], rows), _take_rows([d[1] for d in draws], rows)
   hm = {k: np.concatenate([d[2][k] for d in draws])[rows] for k in draws[0][2]}
   if ds["capped"]:
@@ -132,7 +133,7 @@ def run_grpo(ctx: RunContext, steps: Steps, stage: str, state: TrainState, data_
       raise RuntimeError(f"{stage} step {step}: the batch holds {int(keep_groups.sum())} informative groups, "
                          f"dynamic sampling picked {ds['filled']}")
     for _ in range(ctx.gcfg.num_inner_steps):
-      with jax.set_mesh(ctx.mesh):
+      with use_mesh(ctx.mesh):
         state, m = steps.grpo(state, b, ref_params)
       # Each inner step can be skipped (non-finite loss); warn per update, log the last one.
       warn_if_skipped(loop, stage, step, jax.device_get(m))
