@@ -41,7 +41,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)   # Orbax / tfds INFO lines would drown the progress output
   F = flags.FLAGS
   from videor4_jax.train import xla_cache
-  xla_cache.enable(F.compilation_cache)
+  if not F.aot_topology:      # an AOT executable for a TPU topology cannot be loaded back here: nothing to cache
+    xla_cache.enable(F.compilation_cache)
   from videor4_jax.parallel import distributed
   if F.distributed or F.coordinator_address is not None:
     distributed.initialize(F.coordinator_address, F.num_processes, F.process_id)

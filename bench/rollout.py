@@ -126,8 +126,8 @@ def make_reprefill(env):
                       called_b, seg.counter_b)
     state = rollout_lib.next_state(state, seg, stop_b, called_b, obs, cache=None, logits_bv=None)
     return dict(state=state, token_rows=st["token_rows"] + B * L + seg.token_rows,
-                obs_pixels=st["obs_pixels"].at[:, step].set(obs["pixels"]),
-                obs_grid=st["obs_grid"].at[:, step].set(jnp.where(called_b[:, None], obs["grid"], 0)))
+                obs_pixels=st["obs_pixels"].at[:, step].set(obs.pixels_bnp),
+                obs_grid=st["obs_grid"].at[:, step].set(jnp.where(called_b[:, None], obs.grid_b3, 0)))
 
   def run(params, prompts):
     st = init(params, prompts)

@@ -98,8 +98,8 @@ def test_sft_rows_match_the_rollout_executor(source, setting):
                     frames=jnp.array([(a.get("frames", []) + [0] * 4)[:4]]),
                     num_frames=jnp.array([len(a.get("frames", []))]), error=jnp.array([0]))
       obs = observe(params, jnp.asarray(src[None]), parsed, jnp.array([True]), jnp.array([0]))
-      assert int(obs["error"][0]) == 0
-      got_px = np.asarray(obs["pixels"][0])
+      assert int(obs.error_b[0]) == 0
+      got_px = np.asarray(obs.pixels_bnp[0])
       if setting == "defaults":
         np.testing.assert_array_equal(got_px, ex["obs_pixels"][r])
       else:
@@ -108,8 +108,8 @@ def test_sft_rows_match_the_rollout_executor(source, setting):
         # apart (0.0142 after CLIP normalization), everything else bitwise equal.
         diff = np.abs(got_px - ex["obs_pixels"][r])
         assert diff.max() <= 1 / 255 / 0.2613 + 1e-6 and (diff > 0).mean() < 1e-4, (diff.max(), (diff > 0).sum())
-      np.testing.assert_array_equal(np.asarray(obs["grid"][0]), ex["obs_grid"][r])
-      chunk = np.asarray(obs["ids"][0])[np.asarray(obs["valid"][0])].tolist()
+      np.testing.assert_array_equal(np.asarray(obs.grid_b3[0]), ex["obs_grid"][r])
+      chunk = np.asarray(obs.ids_bn[0])[np.asarray(obs.valid_bn[0])].tolist()
       flat = ex["tokens"].tolist()
       at = [j for j in range(len(flat)) if flat[j:j + len(chunk)] == chunk]
       assert at, "observation tokens differ"
@@ -117,7 +117,7 @@ def test_sft_rows_match_the_rollout_executor(source, setting):
       # row's positions there (clip seconds per group scale the temporal positions of a clip).
       j = at[0]
       obs = observe(params, jnp.asarray(src[None]), parsed, jnp.array([True]), jnp.asarray(ex["positions"][:1, j]))
-      got = np.asarray(obs["positions"][:, 0])[:, np.asarray(obs["valid"][0])]
+      got = np.asarray(obs.positions_3bn[:, 0])[:, np.asarray(obs.valid_bn[0])]
       np.testing.assert_array_equal(got, ex["positions"][:, j:j + len(chunk)])
       r += 1
     # The tool calls in the SFT tokens are the grammar's encoding (one grammar for data and decoding).

@@ -128,16 +128,17 @@ def _has_libtpu() -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _has_libtpu(), reason="needs libtpu: pip install -e '.[tpu-aot]' (a separate environment)")
-def test_aot_tpu_topology_7b_fits_v5p(tmp_path, qwen_tokenizer_dir):
-  """The README's figure: configs/videor4_7b.py compiled for v5p:2x2x4 through train.py fits its HBM."""
+@pytest.mark.parametrize("recipe", ["videor4_7b", "videor4_3b"])
+def test_aot_tpu_topology_recipe_fits_v5p(tmp_path, qwen_tokenizer_dir, recipe):
+  """The README's figures: configs/videor4_{7b,3b}.py compiled for v5p:2x2x4 through train.py fit its HBM."""
   import json
   from qwen_real import copy_tokenizer_dir
   from videor4_jax.convert.hf import config_to_hf_dict
   from videor4_jax.model.config import model_config_from_dict
   skeleton = copy_tokenizer_dir(qwen_tokenizer_dir, str(tmp_path / "ckpt"))    # config + processor, no weights
   with open(os.path.join(skeleton, "config.json"), "w") as f:
-    json.dump(config_to_hf_dict(model_config_from_dict(dict(load_config("videor4_7b").model))), f)
-  r = subprocess.run([sys.executable, "train.py", "--config", "configs/videor4_7b.py", f"--config.init_from={skeleton}",
+    json.dump(config_to_hf_dict(model_config_from_dict(dict(load_config(recipe).model))), f)
+  r = subprocess.run([sys.executable, "train.py", "--config", f"configs/{recipe}.py", f"--config.init_from={skeleton}",
                       "--workdir", str(tmp_path / "w"), "--aot_topology=v5p:2x2x4"], cwd=ROOT, capture_output=True,
                      text=True, timeout=3600)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +21,24 @@ from videor4_jax.rumination import observation, pixel_ops
 from videor4_jax.rumination.config import RolloutConfig
 
 KIND_NONE = grammar.KIND_NONE
+
+
+@flax.struct.dataclass
+class Observation:
+  """One observation turn per row (`RuminationEnv.observe`): N = the turn's slots, No = observation patches."""
+  ids_bn: jax.Array            # int32 [B, N] the turn's token ids
+  valid_bn: jax.Array          # bool [B, N] (False for rows that did not call)
+  mm_types_bn: jax.Array       # int32 [B, N] 0 text, 1 image, 2 video
+  embeds_bnd: jax.Array | None  # [B, N', D] the prefill input (text embeddings with the vision ones merged in)
+  positions_3bn: jax.Array     # int32 [3, B, N] M-RoPE positions continuing from the row's counter
+  next_counter_b: jax.Array    # int32 [B] the position counter after the turn
+  pixels_bnp: jax.Array        # [B, No, P] the observation's patches
+  grid_b3: jax.Array           # int32 [B, 3] (groups, h, w) patch grid
+  error_b: jax.Array           # int32 [B] ActionError code (0: executed)
+  pooled_bd: jax.Array         # [B, D] mean vision embedding of the observation (the reward's region feature)
+  crop_ok_b: jax.Array         # bool [B] an executed crop
+  has_vision_b: jax.Array      # bool [B] an executed crop or clip
+  clip_groups_bg: jax.Array    # bool [B, G] frame groups of the global video an executed clip covered
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,9 +190,10 @@ class RuminationEnv:
     clip_groups = jnp.zeros((grid.shape[0], self.video_groups), bool)
     clip_groups = clip_groups.at[jnp.arange(grid.shape[0])[:, None], jnp.clip((sel - 1) // 2, 0,
                                                                               self.video_groups - 1)].max(sel > 0)
-    return dict(ids=ids, valid=valid, mm_types=types, embeds=x, positions=pos, next_counter=nxt, pixels=patches,
-                grid=grid, error=error, pooled=pooled, is_crop_ok=crop_ok, has_vision=crop_ok | clip_ok,
-                clip_groups=clip_groups & clip_ok[:, None])
+    return Observation(ids_bn=ids, valid_bn=valid, mm_types_bn=types, embeds_bnd=x, positions_3bn=pos,
+                       next_counter_b=nxt, pixels_bnp=patches, grid_b3=grid, error_b=error, pooled_bd=pooled,
+                       crop_ok_b=crop_ok, has_vision_b=crop_ok | clip_ok,
+                       clip_groups_bg=clip_groups & clip_ok[:, None])
 
 
 def make_env(config: ModelConfig, rollout: RolloutConfig, tokenizer, num_frames: int) -> RuminationEnv:

@@ -157,10 +157,10 @@ def rumination_step(ctx: Context, state: RolloutState, step) -> tuple[RolloutSta
   obs = turns.obs
   actions = Actions(kind=jnp.where(called_b, action["kind"], 0), frame=action["frame"], box=action["box"],
                     frames=action["frames"], num_frames=action["num_frames"],
-                    error=jnp.where(called_b, obs["error"], 0), called=called_b)
-  record = StepRecord(actions=actions, obs_pixels_bnp=obs["pixels"], obs_grid_b3=obs["grid"],
-                      obs_valid_b=called_b & obs["has_vision"], region_feat_bd=obs["pooled"],
-                      region_mask_b=called_b & obs["is_crop_ok"], decoding_rows=(~state.done_b).sum(dtype=jnp.int32),
+                    error=jnp.where(called_b, obs.error_b, 0), called=called_b)
+  record = StepRecord(actions=actions, obs_pixels_bnp=obs.pixels_bnp, obs_grid_b3=obs.grid_b3,
+                      obs_valid_b=called_b & obs.has_vision_b, region_feat_bd=obs.pooled_bd,
+                      region_mask_b=called_b & obs.crop_ok_b, decoding_rows=(~state.done_b).sum(dtype=jnp.int32),
                       decode_iterations=seg.t, decode_token_rows=seg.token_rows,
                       observation_token_rows=turns.token_rows, observation_patches=turns.patches)
   return next_state(state, seg, stop_b, called_b, obs, turns.cache, turns.logits_bv), record
@@ -173,16 +173,17 @@ def segment_outcome(seg: Segment, was_done_b):
   return stop_b, (stop_b == STOP_TOOL_CALL) & ~was_done_b
 
 
-def next_state(state: RolloutState, seg: Segment, stop_b, called_b, obs: dict, cache, logits_bv) -> RolloutState:
+def next_state(state: RolloutState, seg: Segment, stop_b, called_b, obs: env_lib.Observation, cache,
+               logits_bv) -> RolloutState:
   """The state after a step: the segment's tokens and the observation chunks (env.observe's outputs, zero for
   rows that did not call) recorded, counters advanced past them; rows that did not call are done."""
   return RolloutState(
       cache=cache, record=append_observation(seg.record, obs, called_b, seg.write_b),
-      write_b=seg.write_b + obs["valid"].sum(-1).astype(jnp.int32),
-      counter_b=jnp.where(called_b, obs["next_counter"], seg.counter_b), logits_bv=logits_bv,
+      write_b=seg.write_b + obs.valid_bn.sum(-1).astype(jnp.int32),
+      counter_b=jnp.where(called_b, obs.next_counter_b, seg.counter_b), logits_bv=logits_bv,
       done_b=state.done_b | (stop_b != STOP_TOOL_CALL),
       answered_b=state.answered_b | ((stop_b == STOP_ANSWER) & ~state.done_b),
-      last_clip_bg=jnp.where(obs["clip_groups"].any(-1, keepdims=True), obs["clip_groups"], state.last_clip_bg),
+      last_clip_bg=jnp.where(obs.clip_groups_bg.any(-1, keepdims=True), obs.clip_groups_bg, state.last_clip_bg),
       num_generated_b=state.num_generated_b + seg.step_len_b)
 
 
@@ -192,10 +193,10 @@ def append_observation(record: Record, obs: dict, called_b, write_b) -> Record:
       lambda buf, chunk, at: jax.lax.dynamic_update_slice_in_dim(buf, chunk, at, axis=0))(buf_bs, chunk_bn, write_b)
   write_if_called = lambda buf_bs, chunk_bn: jnp.where(called_b[:, None], write(buf_bs, chunk_bn), buf_bs)
   return record.replace(
-      tokens_bs=write_if_called(record.tokens_bs, obs["ids"]),
-      valid_bs=write_if_called(record.valid_bs, obs["valid"]),
-      mm_types_bs=write_if_called(record.mm_types_bs, obs["mm_types"]),
-      positions_3bs=jnp.where(called_b[None, :, None], jax.vmap(write)(record.positions_3bs, obs["positions"]),
+      tokens_bs=write_if_called(record.tokens_bs, obs.ids_bn),
+      valid_bs=write_if_called(record.valid_bs, obs.valid_bn),
+      mm_types_bs=write_if_called(record.mm_types_bs, obs.mm_types_bn),
+      positions_3bs=jnp.where(called_b[None, :, None], jax.vmap(write)(record.positions_3bs, obs.positions_3bn),
                               record.positions_3bs))
 
 
@@ -319,8 +320,9 @@ def _caller_chunks(ctx: Context, seg: Segment, action: dict, turns: ObservationT
   def chunk(j, turns):
     sel_k = order_b[jnp.minimum(j * k + jnp.arange(k), num_callers - 1)]
     cache, logits_kv, obs_k = observe_rows(ctx, seg, action, turns.cache, sel_k, jnp.ones((k,), bool), max_groups)
-    obs = {n: (turns.obs[n].at[:, sel_k] if n == "positions" else turns.obs[n].at[sel_k]).set(v)
-           for n, v in obs_k.items()}
+    by_row = [o.replace(positions_3bn=None) for o in (turns.obs, obs_k)]      # positions: rows on axis 1
+    obs = jax.tree.map(lambda whole, part: whole.at[sel_k].set(part), *by_row)
+    obs = obs.replace(positions_3bn=turns.obs.positions_3bn.at[:, sel_k].set(obs_k.positions_3bn))
     return ObservationTurns(cache, turns.logits_bv.at[sel_k].set(logits_kv), obs,
                             *_turn_work(ctx.env, turns, k, max_groups))
 
@@ -343,12 +345,12 @@ def observe_rows(ctx: Context, seg: Segment, action: dict, cache: KVCache, sel_k
   take = (lambda x: x) if sel_k is None else (lambda x: jnp.take(x, sel_k, axis=0))
   obs = env.observe(params, take(ctx.source_frames_b), jax.tree.map(take, action), called_k, take(seg.counter_b),
                     max_groups)
-  n = obs["embeds"].shape[1]
-  hidden_knd, cache = env.decode(params, obs["embeds"], obs["positions"][:, :, :n], obs["valid"][:, :n], cache,
+  n = obs.embeds_bnd.shape[1]
+  hidden_knd, cache = env.decode(params, obs.embeds_bnd, obs.positions_3bn[:, :, :n], obs.valid_bn[:, :n], cache,
                                  take(seg.write_b), rows=sel_k)
-  n_k = obs["valid"].sum(-1).astype(jnp.int32)
+  n_k = obs.valid_bn.sum(-1).astype(jnp.int32)
   last_hidden_kd = jnp.take_along_axis(hidden_knd, jnp.maximum(n_k - 1, 0)[:, None, None], axis=1)[:, 0]
-  obs = {name: value for name, value in obs.items() if name != "embeds"}
+  obs = obs.replace(embeds_bnd=None)        # the prefill's input; not kept past the turn
   return cache, jnp.where(called_k[:, None], env.logits(params, last_hidden_kd), take(seg.logits_bv)), obs
 
 

@@ -12,7 +12,7 @@ import flax.struct
 import jax
 
 from videor4_jax.model.vlm import KVCache
-from videor4_jax.rumination.env import RuminationEnv
+from videor4_jax.rumination.env import Observation, RuminationEnv
 from videor4_jax.rumination.trajectory import Actions
 
 
@@ -65,7 +65,7 @@ class ObservationTurns:
   rows that did not call), work counts."""
   cache: KVCache
   logits_bv: jax.Array
-  obs: dict
+  obs: Observation
   token_rows: jax.Array      # int32 []
   patches: jax.Array         # int32 []
 

@@ -256,6 +256,8 @@ def _print(r: GraphReport) -> None:
   gib = lambda b: b / 2**30
   if r.error:
     print(f"[aot] {r.graph:<12} {','.join(r.stages):<16} DOES NOT FIT: {r.error}", flush=True)
+    print("[aot]     what is large: compile a smaller shape that fits (e.g. --config.rollout.cache_len) with "
+          "XLA_FLAGS='--xla_dump_to=DIR --xla_dump_hlo_as_text' and read DIR/*memory-usage-report.txt", flush=True)
     return
   bound = f" of {gib(r.hbm_bytes):.1f}" if r.hbm_bytes else ""
   print(f"[aot] {r.graph:<12} {','.join(r.stages):<16} {gib(r.peak_bytes):7.2f}{bound} GiB/chip "
