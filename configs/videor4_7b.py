@@ -45,9 +45,9 @@ def get_config(model: dict = QWEN25_VL_7B, workdir: str = "runs/videor4_7b") -> 
   # 256*28*28 (a 308x308 crop is a fixed point).
   c.processor_overrides = dict(video_min_pixels=4 * 28 * 28, video_max_pixels=128 * 28 * 28,
                                image_min_pixels=4 * 28 * 28, image_max_pixels=256 * 28 * 28)
-  # attention_q_chunk (ours): the GRPO step's teacher-forced forward over 8 rows x 5120 slots per chip held the
-  # whole [rows, 28, S, S] float32 scores and their gradient: 113.7 GB of temporaries on a 95 GB v5p chip
-  # (train.py --aot_topology=v5p:2x2x4). In 512-query chunks they are 1/10 of that.
+  # attention_q_chunk (ours): the GRPO step's teacher-forced forward over 8 rows x 5120 slots per chip would hold
+  # [rows, 28, S, S] float32 scores of 23.5 GB per layer; in 512-query chunks, 2.3 GB (README: the step takes
+  # 42.8 GiB per v5p chip with it, train.py --aot_topology=v5p:2x2x4).
   c.model = dict(model, dtype="bfloat16", param_dtype="float32", scan_layers=True, remat="full",
                  initializer_range=0.02, attention_q_chunk=512)
   # RL prompts and evaluation: M4-ViteVQA (PAPER: Video-R4 evaluates on its Task1 Split1 / Split2 / Task2).
