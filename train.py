@@ -31,8 +31,10 @@ flags.DEFINE_string("aot_graphs", "all", "With --aot_topology: the functions to 
 flags.DEFINE_string("aot_topology", None, "Only check the run fits: compile its functions for this TPU topology "
                     "(e.g. v5p:2x2x4, v5e:4x4; needs the tpu-aot extra) or 'cpu' (this host's devices), print "
                     "per-chip memory and roofline step times, exit 1 if anything does not fit. Reads no weights.")
-flags.DEFINE_string("compilation_cache", "~/.cache/videor4_jax/jax_compilation_cache",
-                    "Persistent XLA compilation cache directory (a restart reuses the compiled steps); '' = off.")
+flags.DEFINE_string("compilation_cache", os.environ.get("VIDEOR4_COMPILATION_CACHE",
+                                                     "~/.cache/videor4_jax/jax_compilation_cache"),
+                    "Persistent XLA compilation cache directory (a restart reuses the compiled steps); '' = off. "
+                    "Default: $VIDEOR4_COMPILATION_CACHE, else ~/.cache/videor4_jax/jax_compilation_cache.")
 
 
 def main(argv):

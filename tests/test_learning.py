@@ -46,6 +46,7 @@ def _landed(questions, task, seed, num_frames):
   return float(np.mean(hits))
 
 
+@pytest.mark.slow   # 2.5 min; the default suite keeps the reduced DRP-SFT -> RL_d run below
 def test_reduced_run_learns_to_crop_on_the_text(tmp_path):
   import jax
   import tiny

@@ -2,9 +2,11 @@
 import os
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 
+@pytest.mark.slow   # 2 min: it runs the tiny curriculum, which the default suite runs through the Runner
 def test_quickstart_notebook_executes(tmp_path, monkeypatch):
   nb = nbformat.read("colab/quickstart.ipynb", as_version=4)
   monkeypatch.setenv("VIDEOR4_NOTEBOOK_SMALL", "1")

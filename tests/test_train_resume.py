@@ -57,6 +57,7 @@ def cfg(data_dir):
   return c
 
 
+@pytest.mark.slow   # 6 min; the default suite holds mid-SFT and mid-GRPO crash resumes to identical metrics below
 def test_interrupted_run_resumes_to_identical_metrics(cfg, tmp_path):
   source_fn = make_source_fn(cfg.data)
   straight = Runner(cfg, str(tmp_path / "a"), source_fn).run()

@@ -72,6 +72,7 @@ def videor4_jax_forward(config, params, rows, prompts):
                                         video_grid_thw=prompts["video_grid_thw"]))
 
 
+@pytest.mark.slow   # 1 min; GRPO raising held-out accuracy stays in the default suite (test_learning.py)
 def test_grpo_raises_a_toy_reward():
   """Toy reward: 1 for rollouts whose first action is a crop. GRPO raises the policy's probability of choosing
   crop (measured by teacher forcing, a noise-free proxy of the expected reward).
