@@ -46,6 +46,9 @@ def by_kind(op_ms) -> dict:
 
 
 def main():
+  """The bench as one script, top to bottom (why one ~80-line function: the thread count must be set, by
+  common.set_threads, before jax and torch are imported and create their thread pools, so the imports and every
+  setup step come after it, in this order)."""
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--quick", action="store_true")
   ap.add_argument("--step", choices=("sft", "grpo"), default="sft")

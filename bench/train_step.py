@@ -162,6 +162,9 @@ def compile_ours(step_fn, state, batch, **kw):
 
 
 def main(argv=None):
+  """The bench as one script, top to bottom (why one ~80-line function: the thread count must be set, by
+  common.set_threads, before jax and torch are imported and create their thread pools, so the imports and every
+  setup step come after it, in this order)."""
   args = parse_args(argv)
   threads = common.set_threads(args.threads)
   load_before = common.loadavg()
