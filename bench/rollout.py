@@ -1,6 +1,6 @@
 """Multi-turn rumination rollout throughput: the jitted KV-kept rollout vs re-prefilling each turn vs HF PyTorch.
 
-  python bench/rollout.py [--quick] [--out bench/results/rollout.json]
+  python bench/rollout.py [--shape {quick,full,paper}] [--quick] [--runs 5] [--threads N] [--out PATH]
 
 One random Qwen2.5-VL (JAX init, biased so that it really calls crop/clip tools: see `biased_params`), saved with
 `save_pretrained` and reloaded by HF transformers, so all three implementations run the SAME weights (fp32):
@@ -14,7 +14,7 @@ One random Qwen2.5-VL (JAX init, biased so that it really calls crop/clip tools:
                (`rollout.decode_segment`: same grammar constraints, per-row stops, masking and row compaction),
                (d) parses the call, executes crop/clip in-graph (env.observe) and appends the observation turn to
                the token record (`rollout.next_state`). One compile per turn (L and the turn index are static);
-               its compile time is first run minus timed run.
+               its compile time is first run minus the median timed run.
   HF           the PyTorch-recipe loop: per turn `model.generate` (greedy, KV cache within the turn,
                eos = `</tool_call>` / `<|im_end|>`, max_new_tokens = T) on the whole conversation so far (left
                padded batch of the still-running rows, re-prefilled, vision re-encoded), the same action grammar
@@ -23,8 +23,36 @@ One random Qwen2.5-VL (JAX init, biased so that it really calls crop/clip tools:
                pixels (`pixel_values` + `image_grid_thw` for a crop, `pixel_values_videos` + `video_grid_thw`
                for a clip, `mm_token_type_ids` for M-RoPE).
 
-Tokens = generated tokens (stop token included). Each implementation is timed `--repeats` times after a warm-up
-(median reported, all runs kept in the JSON).
+Timing (the conventions of bench/common.py). XLA and torch get the same thread count (`--threads`, default every
+CPU of the process; `common.set_threads`, called before JAX runs anything: importing jax creates no CPU client,
+the first computation does). Each implementation first runs untimed (ours: AOT lower + compile, timed apart, then
+one run; re-prefill: the first run, which compiles one graph per turn; HF: one whole rollout, which also counts
+its decoder work), then the timed runs alternate implementation by implementation (ours, re-prefill, HF, ours,
+... `common.alternate`, `--runs` each), so that load from other jobs on a shared machine hits all three alike.
+Per implementation the JSON keeps every run's wall and process-CPU seconds and their median / quartiles / min /
+max (`common.spread`); `seconds` and `tokens_per_s` come from the median wall time. Tokens = generated tokens (stop
+token included). `machine` (`common.machine`) has the CPU, thread counts, commit and the load average before and
+after the timed part (`loadavg_before`, `loadavg_after`).
+
+Shapes (`--shape`, SETTINGS; `--quick` = `--shape quick`; default full; every shape fp32, greedy):
+
+  quick   ~11M-parameter model, 4 frames, 56x56 global view and observations, B=8 x G=2 rows, R=4, T=40.
+  full    ~51M-parameter model, 8 frames, 112x112 global view and observations, B=8 x G=2 rows, R=4, T=48.
+  paper   the Video-R4 paper's workload shape with the full model's dims: 16 frames of a 224x224 global view
+          (8 temporal groups x 64 = 512 video tokens per prompt), observations of 336x336 (24x24 patches, one
+          merged vision token per 28x28 pixels: 144 tokens per frame group), so a crop re-encodes to 144 vision
+          tokens and a clip (max_clip_frames = 4, 2 temporal groups) to 288; R=4 turns, G=8 generations of B=2
+          prompts (16 rows), T=48 (cache 1952 slots: prompt 545 + 4 x (48 + observation 302)). Biases: the
+          full setting's (end_bias 7.7, clip_bias 0.1, qk_scale 5.0), unchanged, as the rows call tools with them.
+          Measured (seed 0): 4.0 calls per row, rows by calls [0, 0, 0, 0, 16]: every row calls a tool at each
+          of the R=4 turns and none answers (the rollout stops them at R); every call is a valid clip of ONE frame
+          (`workload.clips_by_frames`), so each observation re-encodes to 144 vision tokens (one temporal group),
+          not the 288 that a 3-4 frame clip would give (288 is the observation slot budget, obs_len 302); no crop.
+          6 generated tokens per turn (384 in all), so the workload is prefill and vision bound, not decode bound;
+          decoder token-rows ours 11592, re-prefill 51584, HF 50944 (work bound HF/ours 4.39x, re-prefill/ours
+          4.45x). Greedy: the G=8 rows of a prompt are identical, so the workload is 2 prompts'
+          trajectories, each 8 times (end_bias 7.9 instead: one prompt answers at once, the other calls 4 times;
+          8.1 and up: no call). Output bench/results/rollout_paper.json.
 
 Workload. Random weights decide by chance whether a row calls a tool or answers at once; the biases of each
 setting were chosen by a sweep (end_bias x qk_scale, seed 0) so that the rows really ruminate, as the bench is
@@ -37,15 +65,16 @@ rollout reports them, `Trajectory.work`): their ratio is the speed-up that equal
 """
 from __future__ import annotations
 
-import argparse, dataclasses, functools, json, os, platform, sys, tempfile, time  # noqa: E401
+import argparse, functools, json, os, sys, tempfile, time  # noqa: E401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "bench")]
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import common  # noqa: E402  (bench/common.py: threads, ABAB timing, spread, machine record)
 import rumination_fixtures as fixtures  # noqa: E402
 from rumination_fixtures import biased_params  # noqa: E402,F401  (the other benches read it from here)
 from videor4_jax import RolloutConfig, make_env, make_rollout_fn, save_pretrained  # noqa: E402
@@ -62,14 +91,22 @@ SETTINGS = {
                  vision=dict(depth=4, hidden_size=256, intermediate_size=1024, num_heads=4, window_size=112,
                              fullatt_block_indexes=(3,)),
                  bias=dict(end_bias=7.7, clip_bias=0.1, qk_scale=5.0),
-                 B=8, G=2, R=4, T=48, frames=8, src_hw=(224, 224), global_hw=(112, 112), obs_hw=(112, 112)),
+                 B=8, G=2, R=4, T=48, frames=8, src_hw=(224, 224), global_hw=(112, 112), obs_hw=(112, 112),
+                 max_clip_frames=4),
     "quick": dict(text=dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
                             num_key_value_heads=2, mrope_section=(8, 12, 12)),
                   vision=dict(depth=2, hidden_size=128, intermediate_size=512, num_heads=2, window_size=56,
                               fullatt_block_indexes=(1,)),
                   bias=dict(end_bias=7.95, clip_bias=0.1, qk_scale=8.0),
-                  B=8, G=2, R=4, T=40, frames=4, src_hw=(112, 112), global_hw=(56, 56), obs_hw=(56, 56)),
+                  B=8, G=2, R=4, T=40, frames=4, src_hw=(112, 112), global_hw=(56, 56), obs_hw=(56, 56),
+                  max_clip_frames=4),
 }
+# The Video-R4 paper's workload shape on the full model: 16 frames of a 224x224 global view, observations that
+# re-encode to 144 vision tokens per crop (336x336 = 12x12 merged tokens) and 288 per clip (4 frames = 2 temporal
+# groups), R = 4, G = 8, B = 2 (16 rows), T = 48. Biases: the full setting's (with them every row calls a clip at
+# each of the 4 turns: see the module docstring).
+SETTINGS["paper"] = dict(SETTINGS["full"], B=2, G=8, R=4, T=48, frames=16, src_hw=(224, 224), global_hw=(224, 224),
+                         obs_hw=(336, 336), max_clip_frames=4)
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -252,57 +289,54 @@ def hf_rollout(model, tok, env, prompts, work=None):
 
 
 # ------------------------------------------------------------------------------------------------ main
-def timed(fn, repeats):
-  """(last result, median seconds, every run's seconds) of `repeats` calls of fn."""
-  runs = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    out = fn()
-    runs.append(round(time.perf_counter() - t0, 4))
-  return out, float(np.median(runs)), runs
+OUT_NAMES = dict(quick="rollout_quick.json", full="rollout.json", paper="rollout_paper.json")
 
 
-def setup(quick):
-  """The bench's model, prompts and env for setting quick / full, and the results' `config` entry."""
-  s = SETTINGS["quick" if quick else "full"]
-  B, G, R, T = s["B"], s["G"], s["R"], s["T"]
+def setup(shape):
+  """The bench's model, prompts and env for setting `shape` (SETTINGS), and the results' `config` entry."""
+  s = SETTINGS[shape]
+  B, G, R, T, K = s["B"], s["G"], s["R"], s["T"], s["max_clip_frames"]
   tok = Tokenizer.tiny()
   config = model_config(tok, s)
   params = biased_params(config, tok, **s["bias"])
   prompts = make_prompts(tok, config, s, B)
-  probe = make_env(config, RolloutConfig(max_steps=R, max_step_tokens=T, obs_hw=s["obs_hw"]), tok, s["frames"])
+  probe = make_env(config, RolloutConfig(max_steps=R, max_step_tokens=T, obs_hw=s["obs_hw"], max_clip_frames=K),
+                   tok, s["frames"])
   S = -(-(prompts["input_ids"].shape[1] + R * (T + probe.obs_len)) // 16) * 16
-  rc = RolloutConfig(max_steps=R, max_step_tokens=T, cache_len=S, obs_hw=s["obs_hw"], max_clip_frames=4,
+  rc = RolloutConfig(max_steps=R, max_step_tokens=T, cache_len=S, obs_hw=s["obs_hw"], max_clip_frames=K,
                      crop_min_px=4)
   env = make_env(config, rc, tok, s["frames"])
   n_params = int(sum(x.size for x in jax.tree.leaves(params)))
-  cfg = dict(params=n_params, text=s["text"], vision=s["vision"], bias=s["bias"], B=B, G=G, rows=B * G, R=R,
-             max_step_tokens=T, cache_len=S, prompt_len=int(prompts["attention_mask"].sum(1).max()),
-             obs_len=env.obs_len, frames=s["frames"], global_hw=s["global_hw"], obs_hw=s["obs_hw"], greedy=True,
-             dtype="float32", quick=quick)
-  print(f"model: {n_params / 1e6:.1f}M params; rows {B}x{G}, R={R}, T={T}, cache {S}", flush=True)
+  unit = config.vision.spatial_merge_size ** 2
+  cfg = dict(shape=shape, params=n_params, text=s["text"], vision=s["vision"], bias=s["bias"], B=B, G=G, rows=B * G,
+             R=R, max_step_tokens=T, cache_len=S, prompt_len=int(prompts["attention_mask"].sum(1).max()),
+             obs_len=env.obs_len, frames=s["frames"], src_hw=s["src_hw"], global_hw=s["global_hw"],
+             obs_hw=s["obs_hw"], max_clip_frames=K,
+             video_tokens=int(prompts["video_grid_thw"][0].prod()) // unit,
+             crop_tokens=env.observation_patches(1) // unit, clip_tokens=env.observation_patches() // unit,
+             greedy=True, dtype="float32", quick=shape == "quick")
+  print(f"model: {n_params / 1e6:.1f}M params; shape {shape}: rows {B}x{G}, R={R}, T={T}, cache {S}, "
+        f"{s['frames']} frames {s['global_hw']}, video {cfg['video_tokens']} tokens, crop {cfg['crop_tokens']} / clip "
+        f"{cfg['clip_tokens']} tokens, obs_len {env.obs_len}", flush=True)
   return tok, config, params, prompts, env, cfg
 
 
-def bench_ours(env, params, prompts, G, repeats):
-  """The jitted rollout: timing, tool-call stats, the workload (from the work the rollout reports)."""
+def prepare_ours(env, params, prompts, G):
+  """The jitted rollout compiled and run once: (timed callable, untimed info, tool-call stats, the workload from the
+  work the rollout reports, each row's generated tokens). Exits when the workload has no tool call."""
   key = jax.random.key(0)
   fn = make_rollout_fn(env, num_generations=G, greedy=True)
   t0 = time.perf_counter()
   compiled = fn.lower(params, prompts, key).compile()
   compile_s = time.perf_counter() - t0
-  jax.block_until_ready(compiled(params, prompts, key))               # warm-up
-  traj, dt, runs = timed(lambda: jax.block_until_ready(compiled(params, prompts, key)), repeats)
-  ntok = int(traj.num_generated.sum())
+  first_s, _, traj = common.timed(lambda: jax.block_until_ready(compiled(params, prompts, key)))   # warm-up
   called, err = np.asarray(traj.actions.called), np.asarray(traj.actions.error)
   kind = np.asarray(traj.actions.kind)
-  res = dict(tokens=ntok, seconds=round(dt, 3), runs_s=runs, tokens_per_s=round(ntok / dt, 1),
-             compile_s=round(compile_s, 2), calls=int(called.sum()),
-             crops_ok=int((called & (err == 0) & (kind == 1)).sum()),
-             clips_ok=int((called & (err == 0) & (kind == 2)).sum()),
-             errors=int((called & (err != 0)).sum()), answered=int(np.asarray(traj.answered).sum()),
-             mean_final_len=float(np.asarray(traj.length).mean()))
-  print("ours (KV kept):", res, flush=True)
+  info = dict(tokens=int(traj.num_generated.sum()), compile_s=round(compile_s, 2), first_run_s=round(first_s, 3),
+              calls=int(called.sum()), crops_ok=int((called & (err == 0) & (kind == 1)).sum()),
+              clips_ok=int((called & (err == 0) & (kind == 2)).sum()), errors=int((called & (err != 0)).sum()),
+              answered=int(np.asarray(traj.answered).sum()), mean_final_len=float(np.asarray(traj.length).mean()))
+  print("ours (KV kept), untimed run:", info, flush=True)
   per_row = called.sum(1)
   if not per_row.any():
     sys.exit(f"the workload has no tool call (all {called.shape[0]} rows answered at once): it does not measure the "
@@ -310,46 +344,43 @@ def bench_ours(env, params, prompts, G, repeats):
   work = jax.device_get(traj.work)
   workload = dict(calls_per_row=round(float(per_row.mean()), 2),
                   rows_by_calls=np.bincount(per_row, minlength=env.rollout.max_steps + 1).tolist(),
+                  clips_by_frames=np.bincount(np.asarray(traj.actions.num_frames)[called & (err == 0) & (kind == 2)],
+                                              minlength=env.rollout.max_clip_frames + 1).tolist(),
                   answered=int(np.asarray(traj.answered).sum()),
                   decode_iterations_per_step=work.decode_iterations_r.tolist(),
                   active_rows_per_step=work.decoding_rows_r.tolist(),
                   vision_patches=dict(ours_kv=int(work.prompt_patches + work.observation_patches_r.sum())),
                   token_rows=dict(ours_kv=int(work.decoder_token_rows())))
-  return res, workload, generated_rows(traj.tokens, traj.loss_mask)
+  run = lambda: jax.block_until_ready(compiled(params, prompts, key))
+  return run, info, workload, generated_rows(traj.tokens, traj.loss_mask)
 
 
-def bench_reprefill(env, params, rep, repeats):
+def prepare_reprefill(env, params, rep):
+  """The re-prefill loop's first run (it compiles one graph per turn): (timed callable, info, token-rows, rows)."""
   run = make_reprefill(env)
   rep_j = jax.tree.map(jnp.asarray, rep)
-  t0 = time.perf_counter()
-  run(params, rep_j)                                                  # compiles one graph per turn
-  first = time.perf_counter() - t0
-  (state, token_rows), dt, runs = timed(lambda: run(params, rep_j), repeats)
-  ntok = int(state.num_generated_b.sum())
-  res = dict(tokens=ntok, seconds=round(dt, 3), runs_s=runs, tokens_per_s=round(ntok / dt, 1),
-             compile_s=round(first - dt, 2), first_run_s=round(first, 2))
-  print("ours (re-prefill):", res, flush=True)
-  return res, int(token_rows), generated_rows(state.record.tokens_bs, state.record.loss_mask_bs)
+  first_s, _, (state, token_rows) = common.timed(lambda: run(params, rep_j))
+  info = dict(tokens=int(state.num_generated_b.sum()), first_run_s=round(first_s, 2))
+  print("ours (re-prefill), untimed first run:", info, flush=True)
+  return (lambda: run(params, rep_j)), info, int(token_rows), generated_rows(state.record.tokens_bs,
+                                                                             state.record.loss_mask_bs)
 
 
-def bench_hf(config, params, tok, env, rep, frames, repeats):
+def prepare_hf(config, params, tok, env, rep):
+  """HF on the same weights and one whole untimed rollout (warm-up, and it counts the decoder token-rows):
+  (timed callable, info, token-rows, rows)."""
   import torch
   from transformers import Qwen2_5_VLForConditionalGeneration
   with tempfile.TemporaryDirectory() as d:
     save_pretrained(d, config, params)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(d, dtype=torch.float32).eval()
-  warm = {k: v[:2] for k, v in rep.items()}
-  hf_rollout(model, tok, make_env(config, dataclasses.replace(env.rollout, max_steps=1, max_step_tokens=4), tok,
-                                  frames), warm)
-  hf_gen, dt, runs = timed(lambda: hf_rollout(model, tok, env, rep), repeats)
-  ntok = sum(map(len, hf_gen))
-  res = dict(tokens=ntok, seconds=round(dt, 3), runs_s=runs, tokens_per_s=round(ntok / dt, 1), batched=True,
-             attn_implementation=model.config._attn_implementation, torch_threads=torch.get_num_threads(),
-             note="rows batched with left padding; finished rows leave the batch between turns")
-  print("HF:", res, flush=True)
   work = []
-  hf_rollout(model, tok, env, rep, work)
-  return res, int(sum(work)), hf_gen
+  first_s, _, hf_gen = common.timed(lambda: hf_rollout(model, tok, env, rep, work))
+  info = dict(tokens=sum(map(len, hf_gen)), first_run_s=round(first_s, 2), batched=True,
+              attn_implementation=model.config._attn_implementation, torch_threads=torch.get_num_threads(),
+              note="rows batched with left padding; finished rows leave the batch between turns")
+  print("HF, untimed first run:", info, flush=True)
+  return (lambda: hf_rollout(model, tok, env, rep)), info, int(sum(work)), hf_gen
 
 
 def generated_rows(tokens_bs, loss_mask_bs):
@@ -358,50 +389,82 @@ def generated_rows(tokens_bs, loss_mask_bs):
   return [tokens_bs[b][loss_mask_bs[b] > 0].tolist() for b in range(tokens_bs.shape[0])]
 
 
-def main():
+def parse_args(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--quick", action="store_true", help="~15M-parameter model, smaller frames, T=40 (about a minute)")
-  ap.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (median reported)")
-  ap.add_argument("--out", default=None, help="result JSON (default bench/results/rollout[_quick].json)")
-  args = ap.parse_args()
-  import torch
+  ap.add_argument("--shape", choices=("quick", "full", "paper"), default="full",
+                  help="quick: ~11M model, small frames; full: ~51M model; paper: the paper's workload shape on the "
+                       "full model (16 frames 224x224, crop 144 / clip 288 vision tokens, G=8, B=2)")
+  ap.add_argument("--quick", dest="shape", action="store_const", const="quick", help="alias of --shape quick")
+  ap.add_argument("--runs", "--repeats", dest="runs", type=int, default=5,
+                  help="timed runs per implementation, alternated ABC ABC ... (median and spread)")
+  ap.add_argument("--threads", type=int, default=None, help="threads for XLA and torch alike (default: all CPUs)")
+  ap.add_argument("--out", default=None, help="result JSON (default bench/results/rollout[_quick|_paper].json)")
+  return ap.parse_args(argv)
+
+
+def main(argv=None):
+  """The bench top to bottom: the thread count first (common.set_threads, before JAX's CPU client exists, i.e.
+  before any computation; importing jax above created none), then setup, the untimed run of each implementation,
+  the alternated timed runs, the JSON."""
+  args = parse_args(argv)
+  threads = common.set_threads(args.threads)
+  import torch  # noqa: F401  (its thread count is set; imported for transformers below)
   import transformers
   transformers.logging.set_verbosity_error()
-  tok, config, params, prompts, env, cfg = setup(args.quick)
+  tok, config, params, prompts, env, cfg = setup(args.shape)
+  cfg.update(runs=args.runs, threads=threads)
   G = cfg["G"]
   rep = {k: np.repeat(v, G, axis=0) for k, v in prompts.items()}     # the rollout's row order (b*G + g)
   res = {"config": cfg}
-  res["ours_kv"], res["workload"], ours_gen = bench_ours(env, params, prompts, G, args.repeats)
-  res["ours_reprefill"], rp_rows, rp_gen = bench_reprefill(env, params, rep, args.repeats)
-  res["hf"], hf_rows, hf_gen = bench_hf(config, params, tok, env, rep, cfg["frames"], args.repeats)
+  sides, info, rows = {}, {}, {}
+  sides["ours_kv"], info["ours_kv"], res["workload"], rows["ours_kv"] = prepare_ours(env, params, prompts, G)
+  sides["ours_reprefill"], info["ours_reprefill"], rp_rows, rows["ours_reprefill"] = prepare_reprefill(
+      env, params, rep)
+  sides["hf"], info["hf"], hf_rows, rows["hf"] = prepare_hf(config, params, tok, env, rep)
+
+  load_before = common.loadavg()
+  print(f"timing: {args.runs} runs each, alternated {' / '.join(sides)}; {threads} threads; load {load_before}",
+        flush=True)
+  t = common.alternate(sides, args.runs)
+  load_after = common.loadavg()
+  for k in sides:
+    med, ntok = t[k]["wall"]["median"], info[k]["tokens"]
+    res[k] = dict(info[k], seconds=round(med, 3), runs_s=t[k]["wall_s"], tokens_per_s=round(ntok / med, 1),
+                  tokens_per_cpu_s=round(ntok / t[k]["cpu"]["median"], 1), **t[k])
+    if k == "ours_reprefill":
+      res[k]["compile_s"] = round(info[k]["first_run_s"] - med, 2)
+    print(f"{k}: {res[k]['tokens_per_s']} tok/s (median {med:.3f} s, {t[k]['wall']['min']:.3f}-"
+          f"{t[k]['wall']['max']:.3f}; CPU {t[k]['cpu']['median']:.3f} s)", flush=True)
+
   tr = res["workload"]["token_rows"]
   tr.update(ours_reprefill=rp_rows, hf=hf_rows)
   res["workload"]["work_bound"] = dict(hf_over_ours=round(tr["hf"] / tr["ours_kv"], 2),
                                        reprefill_over_ours=round(tr["ours_reprefill"] / tr["ours_kv"], 2))
   print("workload:", res["workload"], flush=True)
 
-  same = lambda a, b: float(np.mean([x == y for x, y in zip(a, b)]))
-  res["identical_rows"] = dict(ours_vs_hf=same(ours_gen, hf_gen), ours_vs_reprefill=same(ours_gen, rp_gen),
-                               reprefill_vs_hf=same(rp_gen, hf_gen))
-  tps = lambda k: res[k]["tokens_per_s"]
-  res["ratios"] = dict(ours_over_hf=round(tps("ours_kv") / tps("hf"), 2),
-                       kv_over_reprefill=round(tps("ours_kv") / tps("ours_reprefill"), 2),
-                       reprefill_over_hf=round(tps("ours_reprefill") / tps("hf"), 2))
-  res["machine"] = dict(host=platform.node(), cpus=os.cpu_count(), loadavg=[round(x, 2) for x in os.getloadavg()],
-                        jax=jax.__version__, jax_backend=jax.default_backend(), torch=torch.__version__,
-                        transformers=transformers.__version__, python=platform.python_version(),
-                        note=f"median of {args.repeats} timed runs after warm-up; the machine may be shared "
-                             f"(see loadavg)")
-  out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                 "rollout_quick.json" if args.quick else "rollout.json")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w") as f:
-    json.dump(res, f, indent=2)
+  same = lambda a, b: float(np.mean([x == y for x, y in zip(rows[a], rows[b])]))
+  res["identical_rows"] = dict(ours_vs_hf=same("ours_kv", "hf"), ours_vs_reprefill=same("ours_kv", "ours_reprefill"),
+                               reprefill_vs_hf=same("ours_reprefill", "hf"))
+  ratio = lambda a, b, key="tokens_per_s": round(res[a][key] / res[b][key], 2)
+  res["ratios"] = dict(ours_over_hf=ratio("ours_kv", "hf"), kv_over_reprefill=ratio("ours_kv", "ours_reprefill"),
+                       reprefill_over_hf=ratio("ours_reprefill", "hf"))
+  res["ratios_cpu_time"] = {k: ratio(*{"ours_over_hf": ("ours_kv", "hf"),
+                                       "kv_over_reprefill": ("ours_kv", "ours_reprefill"),
+                                       "reprefill_over_hf": ("ours_reprefill", "hf")}[k], "tokens_per_cpu_s")
+                            for k in res["ratios"]}
+  res["machine"] = common.machine(
+      threads, loadavg_before=load_before, loadavg_after=load_after, xla_eigen_threads=common.xla_threads(),
+      transformers=transformers.__version__,
+      note=f"median of {args.runs} timed runs per implementation, alternated run by run after an untimed run each; "
+           f"the machine may be shared (see loadavg_before / loadavg_after)")
+  out = common.write_json(res, OUT_NAMES[args.shape], args.out)
+  print(f"wrote {out}")
   print(json.dumps(res["identical_rows"]))
   wb = res["workload"]["work_bound"]
-  print(f"rollout: ours/HF tokens/s = {res['ratios']['ours_over_hf']:.2f}x (decoder work HF/ours "
+  print(f"rollout ({args.shape}): ours/HF tokens/s = {res['ratios']['ours_over_hf']:.2f}x (decoder work HF/ours "
         f"{wb['hf_over_ours']:.2f}x); KV-kept/re-prefill = {res['ratios']['kv_over_reprefill']:.2f}x (work "
         f"{wb['reprefill_over_ours']:.2f}x); {res['workload']['calls_per_row']} calls per row")
+  return res
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@ ready-to-paste markdown table with where and when it was measured.
   python bench/run_all.py [--quick] [--threads N] [--only train_step,decode_step,...] [--table-only]
 
 Benches: train_step (SFT / GRPO ours vs HF, first-step compile), compile_cache (cold vs warm process start),
-decode_step (ms per decode token, fraction of the measured memory roofline), rollout (bench/rollout.py as it is),
-compile_time (rollout compile vs R and B*G), logprob_memory, data_pipeline (video decode). `--quick` runs each in
-its quick mode (the table says which). The TPU fit (`train.py --aot_topology`, README) needs a jax[tpu] venv and is not run here.
+decode_step (ms per decode token, fraction of the measured memory roofline), rollout (bench/rollout.py: ours KV
+kept / re-prefill / HF, alternated run by run; in full mode also `--shape paper`, the Video-R4 paper's workload
+shape: 16 frames 224x224, crop 144 / clip 288 vision tokens, R = 4, G = 8, B = 2), compile_time (rollout compile
+vs R and B*G), logprob_memory, data_pipeline (video decode). `--quick` runs each in its quick mode (the table
+says which). The TPU fit (`train.py --aot_topology`, README) needs a jax[tpu] venv and is not run here.
 `--table-only` rebuilds the table from the JSONs already there. Load average before / after each bench is in
 the table's notes: figures taken at a load above the CPU count are flagged (XLA and torch both slow down, torch's
 OpenMP threads far more when the cores are oversubscribed).
@@ -33,7 +35,7 @@ def commands(quick: bool, threads: int) -> dict:
       "decode_step": [["decode_step.py", "--model", "quick" if quick else "full", "--layers", layers, *th]
                       + (["--rollout-caches", ""] if quick or layers == "unrolled" else [])
                       for layers in ("scanned", "unrolled")],
-      "rollout": [["rollout.py", *q]],
+      "rollout": [["rollout.py", *q, *th]] + ([] if quick else [["rollout.py", "--shape", "paper", *th]]),
       "compile_time": [["compile_time.py", *q]],
       "logprob_memory": [["logprob_memory.py", *q]],
       "data_pipeline": [["data_pipeline.py", *q]],
@@ -75,6 +77,30 @@ def fmt_train(r, size):
   return "<br>".join(out)
 
 
+def fmt_rollout(ro, path):
+  """The two table rows of one bench/rollout.py JSON (older JSONs without spread or shape too)."""
+  c = ro.get("config", {})
+  shape = c.get("shape", "quick" if c.get("quick") else "full")
+  hw = "x".join(map(str, c.get("global_hw") or ["?"]))
+  what = (f"{shape}: {c.get('params', 0) / 1e6:.1f}M, {c.get('rows')} rows ({c.get('B')} x G={c.get('G')}), "
+          f"R={c.get('R')}, T={c.get('max_step_tokens')}, {c.get('frames')} frames {hw}")
+  if shape == "paper":
+    what += f", crop {c.get('crop_tokens')} / clip {c.get('clip_tokens')} vision tokens"
+
+  def med(k):
+    w = get(ro, f"{k}.wall")
+    return f"{w['median']:.3f} s [{w['min']:.3f}-{w['max']:.3f}]" if w else "n/a"
+  n = get(ro, "ours_kv.wall.n")
+  timing = f"; median wall {med('ours_kv')} vs {med('hf')}, {n} runs each alternated" if n else ""
+  return [(f"rollout ours/HF tokens/s (bench/rollout.py, {what})",
+           f"**{get(ro, 'ratios.ours_over_hf', 'n/a')}x** ({get(ro, 'ours_kv.tokens_per_s')} vs "
+           f"{get(ro, 'hf.tokens_per_s')} tok/s{timing}); decoder work HF/ours "
+           f"{get(ro, 'workload.work_bound.hf_over_ours', 'n/a')}x; {get(ro, 'workload.calls_per_row', 'n/a')} "
+           f"calls per row", path),
+          (f"rollout KV kept / re-prefill ({shape})", f"**{get(ro, 'ratios.kv_over_reprefill', 'n/a')}x** "
+           f"(decoder work re-prefill/ours {get(ro, 'workload.work_bound.reprefill_over_ours', 'n/a')}x)", path)]
+
+
 def rows(quick: bool) -> list:
   """(bench, measured text, JSON path) per table row."""
   sfx = "_quick" if quick else ""
@@ -102,14 +128,10 @@ def rows(quick: bool) -> list:
                 f"layers): ms and fraction of the memory roofline (read bandwidth {ds['read_bandwidth_gb_s']} GB/s, "
                 "measured in the same process)", per + (f"; whole rollout {roll}" if roll else ""),
                 "decode_step*.json"))
-  ro = load(f"rollout{sfx}.json")
-  if ro:
-    out.append(("rollout ours/HF tokens/s (bench/rollout.py)",
-                f"**{get(ro, 'ratios.ours_over_hf', 'n/a')}x** ({get(ro, 'ours_kv.tokens_per_s')} vs "
-                f"{get(ro, 'hf.tokens_per_s')} tok/s); decoder work HF/ours "
-                f"{get(ro, 'workload.work_bound.hf_over_ours', 'n/a')}x", f"rollout{sfx}.json"))
-    out.append(("rollout KV kept / re-prefill", f"**{get(ro, 'ratios.kv_over_reprefill', 'n/a')}x**",
-                f"rollout{sfx}.json"))
+  for name in [f"rollout{sfx}.json"] + ([] if quick else ["rollout_paper.json"]):
+    ro = load(name)
+    if ro:
+      out += fmt_rollout(ro, name)
   ct = load(f"compile_time{sfx}.json")
   if ct:
     r = ct["ratios"]
