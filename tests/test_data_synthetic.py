@@ -171,12 +171,15 @@ FLAWED = dict(crop_text_px=2.0, crop_box_frac=0.16, jitter_px=0, obs_hw=(28, 28)
               name_time=True, confusable_frac=0.5, teacher_flaw_prob=0.75)
 
 
-def test_flawed_teacher_takes_the_stated_wrong_actions():
+@pytest.mark.parametrize("windows", ["inner", "all"])
+def test_flawed_teacher_takes_the_stated_wrong_actions(windows):
   """The imperfect teacher (data/teacher.py): on crop questions naming a neighbouring sign it crops that neighbour
   and reads its code with probability p = 0.75; on clip_crop questions about an inner window it clips the adjacent
-  outer window and guesses; elsewhere it is right. Gold answers stay right; the right action follows from the
-  question (named position and window), and the images show what each action would see."""
-  cfg = synthetic.SyntheticConfig(**FLAWED)
+  outer window and guesses (with clip_flaw_windows="all" also the window beside the first / last one); elsewhere
+  it is right. Gold answers stay right; the right action follows from the question (named position and window),
+  and the images show what each action would see."""
+  cfg = synthetic.SyntheticConfig(**FLAWED, clip_flaw_windows=windows)
+  wrong_frames = {1: [1, 2], 2: [7, 8]} if windows == "inner" else {0: [3, 4], 1: [1, 2], 2: [7, 8], 3: [5, 6]}
   counts = {("crop", True): [0, 0], ("crop", False): [0, 0], ("clip_crop", True): [0, 0], ("clip_crop", False): [0, 0]}
   for i in range(300):
     ex = synthetic.generate(cfg, 0, i)
@@ -192,16 +195,18 @@ def test_flawed_teacher_takes_the_stated_wrong_actions():
       assert act[0].bbox_2d == cfg.gold_box(want_cell) and t.steps[-1].answer == want_code
       counts["crop", ev["confusable"]][flawed] += 1
     else:
-      k, inner = ev["window"], ev["window"] in (1, 2)
+      k = ev["window"]
+      inner = k in wrong_frames
       assert synthetic.teacher.window_name(k, 4) in t.question and ev["frames"] == [2 * k + 1, 2 * k + 2]
       on = np.abs(ex.frames_fhw3.astype(int) - ex.frames_fhw3[[f for f in range(8) if f + 1 not in ev["frames"]][0]]
                   ).sum((1, 2, 3)) > 0
       assert [f + 1 for f in range(8) if on[f]] == ev["frames"]       # the text shows on the named window only
-      wrong = {1: [1, 2], 2: [7, 8]}.get(k)
+      wrong = wrong_frames.get(k)
       assert list(act[0].frames) == (wrong if flawed else ev["frames"])
       assert act[1].frame in act[0].frames and act[1].bbox_2d == cfg.gold_box(ev["cell"])
       assert (t.steps[-1].answer != ev["code"]) == flawed
       counts["clip_crop", inner][flawed] += 1
+  assert windows == "inner" or sum(counts["clip_crop", False]) == 0         # "all": every window is flawed
   for key in (("crop", False), ("clip_crop", False)):
     assert counts[key][1] == 0, counts                   # never wrong outside the stated subsets
   for key in (("crop", True), ("clip_crop", True)):
@@ -212,6 +217,7 @@ def test_flawed_teacher_takes_the_stated_wrong_actions():
 @pytest.mark.parametrize("kw,msg", [(dict(num_distractors=0), "needs a sign beside the target"),
                                     (dict(name_position=False), "name_position=True"),
                                     (dict(teacher_flaw_prob=1.5), "teacher_flaw_prob"),
+                                    (dict(clip_flaw_windows="outer"), "clip_flaw_windows"),
                                     (dict(flash_len=(2, 5), max_clip_frames=5), "name_time needs")])
 def test_flaw_knobs_validate(kw, msg):
   with pytest.raises(ValueError, match=msg):

@@ -102,6 +102,8 @@ class SyntheticConfig:
                       crop questions that name a neighbouring sign: it crops the neighbour and reads its code;
                       clip_crop questions whose window is an inner one (name_time, >= 3 windows): it clips the
                       adjacent window towards the nearer end of the video, crops a blank plate there and guesses.
+                    With clip_flaw_windows="all" the first and last windows are flawed too (the window beside
+                    them is clipped): every clip_crop question, not only half of them.
                     The right action stays learnable from the question; with p > 0.5 SFT learns the teacher's
                     mixture and its greedy policy takes the wrong action, which GRPO with the accuracy reward can
                     fix (its groups of samples contain both outcomes). 0: a flawless teacher.
@@ -131,6 +133,7 @@ class SyntheticConfig:
   name_time: bool = False
   confusable_frac: float = 0.0
   teacher_flaw_prob: float = 0.0
+  clip_flaw_windows: str = "inner"
 
   def __post_init__(self):
     for f in ("source_hw", "global_hw", "obs_hw", "grid", "code_len", "flash_len", "question_types"):
@@ -171,6 +174,8 @@ class SyntheticConfig:
     if self.confusable_frac > 0 and (self.num_distractors < 1 or self.grid[1] < 2 or not self.name_position):
       raise bad(f"confusable_frac={self.confusable_frac} needs a sign beside the target: num_distractors >= 1 "
                 f"(got {self.num_distractors}), grid columns >= 2 (got {self.grid}) and name_position=True")
+    if self.clip_flaw_windows not in ("inner", "all"):
+      raise bad(f"clip_flaw_windows={self.clip_flaw_windows!r} must be 'inner' (inner windows only) or 'all'")
     if self.name_time and self.num_frames // self.flash_len[1] < 2:
       raise bad(f"name_time needs >= 2 windows of flash_len[1]={self.flash_len[1]} frames in num_frames="
                 f"{self.num_frames}; lower flash_len")
@@ -376,7 +381,7 @@ def generate(cfg: SyntheticConfig, seed: int, index: int, *, split: str = "train
     if qtype == "clip":
       steps, kind = teacher.clip_steps(colour, clip_frames, code), "deliberate"
     else:
-      wrong = teacher.flawed_window(window, cfg.num_windows) if cfg.name_time else None
+      wrong = teacher.flawed_window(window, cfg.num_windows, cfg.clip_flaw_windows) if cfg.name_time else None
       flawed = wrong is not None and bool(trng.random() < cfg.teacher_flaw_prob)
       if flawed:    # the clip misses the text: the crop shows a blank plate, and the teacher guesses
         guess = next(g for g in (_draw_codes(trng, cfg, 1)[0] for _ in range(1000)) if g != code)

@@ -9,7 +9,9 @@ of this task wrong in two stated, plausible ways, each on a subset of questions 
     neighbour's code (a wrong answer read off a real crop);
   clip_crop questions about an inner time window (name_time, e.g. "in the second quarter"): with probability p
     the teacher anchors on the nearer end of the video, clips the adjacent outer window, crops the named sign on
-    a frame of that clip (a blank plate: the text is not shown there) and guesses a code.
+    a frame of that clip (a blank plate: the text is not shown there) and guesses a code. With
+    `clip_flaw_windows="all"` it is also off by one on the first and last windows (it clips the window beside
+    them): a teacher whose temporal localisation is one window off everywhere.
 
 The right action always follows from the question (the position and the window are named), so a policy can learn
 it; with p > 0.5 SFT learns the teacher's mixture and greedy decoding takes the wrong action, while sampling at
@@ -34,12 +36,15 @@ def window_frames(k: int, length: int) -> tuple[int, ...]:
   return tuple(range(k * length + 1, (k + 1) * length + 1))
 
 
-def flawed_window(k: int, n: int) -> int | None:
-  """The window the flawed teacher clips instead of inner window k (towards the nearer end); None: k is not
-  inner (first or last window), where the teacher is right."""
-  if not 0 < k < n - 1:
-    return None
-  return k - 1 if k <= (n - 1) / 2 else k + 1
+def flawed_window(k: int, n: int, windows: str = "inner") -> int | None:
+  """The window the flawed teacher clips instead of window k: for an inner window the adjacent one towards the
+  nearer end; for the first or last window (windows="all" only) the one beside it. None: the teacher is right on
+  k (an outer window under windows="inner")."""
+  if 0 < k < n - 1:
+    return k - 1 if k <= (n - 1) / 2 else k + 1
+  if windows == "all" and n >= 2:
+    return 1 if k == 0 else n - 2
+  return None
 
 
 def crop_steps(colour: str, pos: str, frame: int, box, code: str) -> tuple[Step, ...]:
