@@ -1,6 +1,6 @@
 """Multi-turn rumination rollout throughput: the jitted KV-kept rollout vs re-prefilling each turn vs HF PyTorch.
 
-  python bench/rollout.py [--shape {quick,full,paper}] [--quick] [--runs 5] [--threads N] [--out PATH]
+  python bench/rollout.py [--shape {quick,full,paper}] [--quick] [--layers scanned|unrolled] [--runs 5] [--threads N] [--out PATH]
 
 One random Qwen2.5-VL (JAX init, biased so that it really calls crop/clip tools: see `biased_params`), saved with
 `save_pretrained` and reloaded by HF transformers, so all three implementations run the SAME weights (fp32):
@@ -398,6 +398,9 @@ def parse_args(argv=None):
   ap.add_argument("--runs", "--repeats", dest="runs", type=int, default=5,
                   help="timed runs per implementation, alternated ABC ABC ... (median and spread)")
   ap.add_argument("--threads", type=int, default=None, help="threads for XLA and torch alike (default: all CPUs)")
+  ap.add_argument("--layers", choices=("scanned", "unrolled"), default="scanned",
+                  help="ours (both sides): scanned decoder layers (the default config) or unrolled "
+                       "(scan_layers=False, params relaid out by vlm.unstack_layers); HF is the same either way")
   ap.add_argument("--out", default=None, help="result JSON (default bench/results/rollout[_quick|_paper].json)")
   return ap.parse_args(argv)
 
@@ -412,14 +415,19 @@ def main(argv=None):
   import transformers
   transformers.logging.set_verbosity_error()
   tok, config, params, prompts, env, cfg = setup(args.shape)
-  cfg.update(runs=args.runs, threads=threads)
+  cfg.update(runs=args.runs, threads=threads, layers=args.layers)
   G = cfg["G"]
+  ours_env, ours_params = env, params
+  if args.layers == "unrolled":    # HF keeps the scanned config and params it is saved from
+    ours_params = vlm.unstack_layers(config, params)
+    ours_env = make_env(config.replace(scan_layers=False), env.rollout, tok, cfg["frames"])
   rep = {k: np.repeat(v, G, axis=0) for k, v in prompts.items()}     # the rollout's row order (b*G + g)
   res = {"config": cfg}
   sides, info, rows = {}, {}, {}
-  sides["ours_kv"], info["ours_kv"], res["workload"], rows["ours_kv"] = prepare_ours(env, params, prompts, G)
+  sides["ours_kv"], info["ours_kv"], res["workload"], rows["ours_kv"] = prepare_ours(ours_env, ours_params,
+                                                                                         prompts, G)
   sides["ours_reprefill"], info["ours_reprefill"], rp_rows, rows["ours_reprefill"] = prepare_reprefill(
-      env, params, rep)
+      ours_env, ours_params, rep)
   sides["hf"], info["hf"], hf_rows, rows["hf"] = prepare_hf(config, params, tok, env, rep)
 
   load_before = common.loadavg()
@@ -457,7 +465,8 @@ def main(argv=None):
       transformers=transformers.__version__,
       note=f"median of {args.runs} timed runs per implementation, alternated run by run after an untimed run each; "
            f"the machine may be shared (see loadavg_before / loadavg_after)")
-  out = common.write_json(res, OUT_NAMES[args.shape], args.out)
+  name = OUT_NAMES[args.shape].replace(".json", "_unrolled.json" if args.layers == "unrolled" else ".json")
+  out = common.write_json(res, name, args.out)
   print(f"wrote {out}")
   print(json.dumps(res["identical_rows"]))
   wb = res["workload"]["work_bound"]

@@ -50,6 +50,10 @@ def test_videor4_7b_recipe_runs_every_stage_on_8_devices(tmp_path, qwen_tokenize
   for stage, res in report["stages"].items():
     assert res["rumination"]["num_questions"] == 3, (stage, res)       # the built test split's 3 questions
     assert res["single_pass"]["num_questions"] == 3
+    for mode in ("rumination", "single_pass"):         # each question's record, as eval/loop.py makes it
+      lines = [json.loads(x) for x in open(tmp_path / "run" / "eval" / f"{stage}_{mode}.jsonl")]
+      assert len(lines) == 3 and len({q["qid"] for q in lines}) == 3, (stage, mode, lines)
+      assert sum(q["accuracy"] for q in lines) / 3 == pytest.approx(res[mode]["accuracy"]), (stage, mode)
   logged = [json.loads(line) for line in open(tmp_path / "run" / "logs" / "metrics.jsonl")]
   for stage in ("drp_sft", "rl_d", "crp_sft", "rl_c"):
     assert any(f"{stage}/loss" in m for m in logged), stage

@@ -159,7 +159,20 @@ def evaluate_stage(ctx: RunContext, source_fn, params, stage: str, writer, globa
         ctx.pcfg, batch_size=ctx.cfg.eval.batch_size), mode=mode, num_examples=ctx.cfg.eval.num_examples)
     out[mode] = res["summary"]
     writer.write(global_step, res["summary"], prefix=f"eval_{mode}/{stage}/")
+    write_eval_questions(os.path.join(ctx.workdir, "eval", f"{stage}_{mode}.jsonl"), res["questions"])
   return out
+
+
+def write_eval_questions(path: str, questions: list[dict]) -> None:
+  """One JSON line per held-out question (qid, question, golds, prediction, scores, actions, generated text: the
+  record of eval/loop.py), written whole or not at all (a temporary file, then a rename)."""
+  if not distributed.is_primary():
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    for q in questions:
+      f.write(json.dumps(q) + "\n")
+  os.replace(path + ".tmp", path)
 
 
 def read_report(path: str, cfg) -> dict:
