@@ -152,7 +152,8 @@ def main():
   if args.rollout_caches:
     time_rollouts(res, config, params, tok, s, args)
   res["machine"] = common.machine(threads, load_before=load_before, load_after=common.loadavg())
-  name = f"decode_step{'' if args.model == 'full' else '_quick'}{'_unrolled' if args.layers == 'unrolled' else ''}.json"
+  name = (f"decode_step{'' if args.model == 'full' else '_quick'}{'_unrolled' if args.layers == 'unrolled' else ''}"
+          f"{'' if rows == 16 else f'_rows{rows}'}.json")
   out = common.write_json(res, name, args.out)
   print("wrote", out)
   fr = [v["roofline_fraction"] for v in res["decode_ms_per_token"].values()]

@@ -34,8 +34,14 @@ def commands(quick: bool, threads: int) -> dict:
       "compile_cache": [["compile_cache.py", "--quick", *th]],
       "decode_step": [["decode_step.py", "--model", "quick" if quick else "full", "--layers", layers, *th]
                       + (["--rollout-caches", ""] if quick or layers == "unrolled" else [])
-                      for layers in ("scanned", "unrolled")],
-      "rollout": [["rollout.py", *q, *th]] + ([] if quick else [["rollout.py", "--shape", "paper", *th]]),
+                      for layers in ("scanned", "unrolled")]
+                     # one row: the weights dominate what a step reads (16 rows are near compute bound here)
+                     + [["decode_step.py", "--model", "quick" if quick else "full", "--layers", "unrolled", "--rows",
+                         "1", "--rollout-caches", "", *th]],
+      # Both layer layouts (scanned: the default config; unrolled: the CPU setting, no per-call weight copies). The
+      # paper shape runs 3 times per side: one re-prefill run takes ~110 s there.
+      "rollout": [["rollout.py", *q, *th], ["rollout.py", *q, "--layers", "unrolled", *th]]
+                 + ([] if quick else [["rollout.py", "--shape", "paper", "--runs", "3", *th]]),
       "compile_time": [["compile_time.py", *q]],
       "logprob_memory": [["logprob_memory.py", *q]],
       "data_pipeline": [["data_pipeline.py", *q]],
@@ -82,7 +88,8 @@ def fmt_rollout(ro, path):
   c = ro.get("config", {})
   shape = c.get("shape", "quick" if c.get("quick") else "full")
   hw = "x".join(map(str, c.get("global_hw") or ["?"]))
-  what = (f"{shape}: {c.get('params', 0) / 1e6:.1f}M, {c.get('rows')} rows ({c.get('B')} x G={c.get('G')}), "
+  what = (f"{shape}, {c.get('layers', 'scanned')} layers: {c.get('params', 0) / 1e6:.1f}M, {c.get('rows')} rows "
+          f"({c.get('B')} x G={c.get('G')}), "
           f"R={c.get('R')}, T={c.get('max_step_tokens')}, {c.get('frames')} frames {hw}")
   if shape == "paper":
     what += f", crop {c.get('crop_tokens')} / clip {c.get('clip_tokens')} vision tokens"
@@ -97,7 +104,7 @@ def fmt_rollout(ro, path):
            f"{get(ro, 'hf.tokens_per_s')} tok/s{timing}); decoder work HF/ours "
            f"{get(ro, 'workload.work_bound.hf_over_ours', 'n/a')}x; {get(ro, 'workload.calls_per_row', 'n/a')} "
            f"calls per row", path),
-          (f"rollout KV kept / re-prefill ({shape})", f"**{get(ro, 'ratios.kv_over_reprefill', 'n/a')}x** "
+          (f"rollout KV kept / re-prefill ({shape}, {c.get('layers', 'scanned')} layers)", f"**{get(ro, 'ratios.kv_over_reprefill', 'n/a')}x** "
            f"(decoder work re-prefill/ours {get(ro, 'workload.work_bound.reprefill_over_ours', 'n/a')}x)", path)]
 
 
@@ -117,7 +124,8 @@ def rows(quick: bool) -> list:
                 f"{cc['config']['layers']} layers)", "; ".join(
                     f"{k.upper()} {cold[k]['first_step_s']:.1f} s / {min(w[k]['first_step_s'] for w in warm):.1f} s "
                     f"(**{cc['cold_over_warm'][k]:.1f}x**)" for k in ("sft", "grpo")), "compile_cache_quick.json"))
-  for ds in (load(f"decode_step{sfx}.json"), load(f"decode_step{sfx}_unrolled.json")):
+  for ds in (load(f"decode_step{sfx}.json"), load(f"decode_step{sfx}_unrolled.json"),
+             load(f"decode_step{sfx}_unrolled_rows1.json")):
     if not ds:
       continue
     c = ds["config"]
@@ -128,7 +136,7 @@ def rows(quick: bool) -> list:
                 f"layers): ms and fraction of the memory roofline (read bandwidth {ds['read_bandwidth_gb_s']} GB/s, "
                 "measured in the same process)", per + (f"; whole rollout {roll}" if roll else ""),
                 "decode_step*.json"))
-  for name in [f"rollout{sfx}.json"] + ([] if quick else ["rollout_paper.json"]):
+  for name in [f"rollout{sfx}.json", f"rollout{sfx}_unrolled.json"] + ([] if quick else ["rollout_paper.json"]):
     ro = load(name)
     if ro:
       out += fmt_rollout(ro, name)
