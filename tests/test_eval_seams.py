@@ -98,6 +98,13 @@ def test_eval_scores_a_scripted_policy_per_question(source, env, mode, monkeypat
   got = {q["qid"]: (q["golds"], q["accuracy"]) for q in res["questions"]}
   assert got == want
   assert res["summary"]["num_questions"] == 4 and res["summary"]["accuracy"] == 0.5
+  # Accuracy per record kind, from the records' own `kind`: the forgetting a curriculum stage can cause shows there.
+  kinds = {source[i]["qid"].decode(): source[i]["kind"].decode() for i in range(len(source))}
+  assert {q["qid"]: q["kind"] for q in res["questions"]} == kinds
+  assert len(set(kinds.values())) >= 2, kinds        # the tiny split has both kinds: the split below is tested
+  for kind in set(kinds.values()):
+    mine = [float(i in CORRECT) for i in range(len(source)) if source[i]["kind"].decode() == kind]
+    assert res["summary"][f"accuracy_{kind}"] == pytest.approx(np.mean(mine)), kind
   assert all(q["anls"] == q["accuracy"] for q in res["questions"])
   ends = {tuple(row[-len(prefix):]) == tuple(prefix) for batch in seen for row in batch}
   assert ends == {mode == "single_pass"}

@@ -4,6 +4,7 @@ Field conventions of a featurized RL/eval row (batched by pipeline.stack_batch t
   qid            uint8 [max_answer_bytes]                      the question id, UTF-8, zero padded
   answers        uint8 [max_answers, max_answer_bytes]         gold answers, UTF-8, zero padded
   num_answers    int32 []                                      how many rows of `answers` are real
+(RL/eval rows add question uint8 [256] and kind uint8 [16], the record's text and kind, for reports)
 (the video and prompt stages append input_ids, mm_token_type_ids, attention_mask, pixel_values_videos,
 video_grid_thw and source_frames; see the stage functions below.)
 Strings travel as padded bytes so a batch is a plain dict of arrays; `decode_strings` reverses it.
@@ -83,6 +84,7 @@ def _jitted_positions():
 
 
 QUESTION_BYTES = 256   # the question text travels with RL/eval batches (traces and reports)
+KIND_BYTES = 16        # the record's kind (deliberate / compositional / rl), a label for per-kind eval accuracy
 MAX_VIDEO_ROW_BYTES = 1 << 30   # a bigger static video input per row is a setting mistake (a real directory's
 #                                 default max_pixels, 12845056, gives 262144 patches = 1.2 GiB for 8 frames)
 
@@ -151,7 +153,9 @@ class RlFeaturizer(_VideoPrompt, grain.transforms.Map):
     out = AnswersFeaturizer(self.cfg).map(row)
     q_text = _text(row["question"]).encode("utf-8")[:QUESTION_BYTES].decode("utf-8", errors="ignore")
     question, _ = encode_strings([q_text], 1, QUESTION_BYTES, where=where)
-    out.update(question=question[0], input_ids=input_ids, attention_mask=mask, mm_token_type_ids=types_p,
+    # A row without a kind (hand-built rows) gets an empty label: it only groups eval accuracy (eval/loop.py).
+    kind, _ = encode_strings([_text(row.get("kind", b""))], 1, KIND_BYTES, where=where + " field 'kind'")
+    out.update(question=question[0], kind=kind[0], input_ids=input_ids, attention_mask=mask, mm_token_type_ids=types_p,
                pixel_values_videos=pv.astype(np.float32), video_grid_thw=grid, source_frames=src)
     return out
 
@@ -161,7 +165,8 @@ class RlFeaturizer(_VideoPrompt, grain.transforms.Map):
     cfg, t = self.cfg, self.cfg.max_prompt_tokens
     video = self._video_spec()
     return dict(qid=((cfg.max_answer_bytes,), np.uint8), answers=((cfg.max_answers, cfg.max_answer_bytes), np.uint8),
-                num_answers=((), np.int32), question=((QUESTION_BYTES,), np.uint8), input_ids=((t,), np.int32),
+                num_answers=((), np.int32), question=((QUESTION_BYTES,), np.uint8), kind=((KIND_BYTES,), np.uint8),
+                input_ids=((t,), np.int32),
                 attention_mask=((t,), np.int32), mm_token_type_ids=((t,), np.int32),
                 pixel_values_videos=video["video_pixels"], video_grid_thw=video["video_grid"],
                 source_frames=video["source_frames"])

@@ -9,8 +9,8 @@ option-letter metric (metrics.multiple_choice_accuracy); the summary then also h
 
 Results JSON (written by eval.py and by train.py's report):
   {"summary": {"mode", "num_questions", "accuracy", "anls", "rumination_rate", "actions_per_question",
-               "invalid_action_rate", "answered_rate"},
-   "questions": [{"qid", "question", "golds", "prediction", "accuracy", "anls", "answered",
+               "invalid_action_rate", "answered_rate", "accuracy_<kind>" for each record kind present},
+   "questions": [{"qid", "question", "kind", "golds", "prediction", "accuracy", "anls", "answered",
                   "actions": [{"name", "frame", "bbox_2d" | "frames", "error"}], "text"}]}
 """
 from __future__ import annotations
@@ -123,6 +123,8 @@ def evaluate(env: RuminationEnv, params, processor, source, pcfg: pipeline.Pipel
                  actions_per_question=n_act / max(len(acts), 1),
                  invalid_action_rate=sum(x["error"] is not None for a in acts for x in a) / max(n_act, 1),
                  answered_rate=float(np.mean([q["answered"] for q in questions])) if questions else 0.0)
+  for kind in sorted({q["kind"] for q in questions} - {""}):     # e.g. deliberate vs compositional questions
+    summary[f"accuracy_{kind}"] = float(np.mean([q["accuracy"] for q in questions if q["kind"] == kind]))
   if mcqa:
     summary["metric"] = "multiple_choice_accuracy"
   out = {"summary": summary, "questions": questions}
@@ -135,7 +137,8 @@ def _question_record(tok, batch, traj, i: int, mode: str, score) -> dict:
   text = tok.decode(gen) if mode == "rumination" else SINGLE_PASS_PREFIX + tok.decode(gen)
   pred = extract_answer(final_segment(text))
   golds = decode_strings(batch["answers"][i], int(batch["num_answers"][i]))
-  return dict(qid=decode_strings(batch["qid"][i])[0], question=decode_strings(batch["question"][i])[0], golds=golds,
+  return dict(qid=decode_strings(batch["qid"][i])[0], question=decode_strings(batch["question"][i])[0],
+              kind=decode_strings(batch["kind"][i])[0], golds=golds,
               prediction=pred, accuracy=score(pred, golds), anls=metrics.anls(pred, golds),
               answered=bool(traj.answered[i]), actions=row_actions(traj, i), text=text)
 
