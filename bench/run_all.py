@@ -130,10 +130,12 @@ def rows(quick: bool) -> list:
       continue
     c = ds["config"]
     per = "; ".join(f"S={S}: {v['ms']:.2f} ms, **{100 * v['roofline_fraction']:.0f}%**"
+                    + (f" (same-size read {v['read_bandwidth_same_size_gb_s']} GB/s: "
+                       f"**{100 * v['roofline_fraction_same_size']:.0f}%**)" if "roofline_fraction_same_size" in v else "")
                     for S, v in ds["decode_ms_per_token"].items())
     roll = "; ".join(f"S={S}: {v['s']:.2f} s" for S, v in ds.get("rollout_s", {}).items())
     out.append((f"decode token, {c['rows']} rows, {c['model']} model ({c['params'] / 1e6:.1f}M, {c['layers']} "
-                f"layers): ms and fraction of the memory roofline (read bandwidth {ds['read_bandwidth_gb_s']} GB/s, "
+                f"layers): ms and fraction of the memory roofline (DRAM read bandwidth {ds['read_bandwidth_gb_s']} GB/s, "
                 "measured in the same process)", per + (f"; whole rollout {roll}" if roll else ""),
                 "decode_step*.json"))
   for name in [f"rollout{sfx}.json", f"rollout{sfx}_unrolled.json"] + ([] if quick else ["rollout_paper.json"]):
