@@ -2,7 +2,7 @@
 the fraction of this machine's memory-bandwidth roofline it reaches.
 
   python bench/decode_step.py [--model full|quick] [--layers scanned|unrolled] [--rows 16] [--caches 64,320,1280]
-                              [--rollout-caches 320,640,1280] [--threads N] [--out ...]
+                              [--rollout-caches 640,1280,2560] [--threads N] [--out ...]
 
 Model: a `bench/rollout.py` model (`--model full`: 51.5M params, the default; `quick`: 10.8M), fp32, 16 rows.
 
@@ -121,12 +121,16 @@ def main():
                   help="scanned (the default config) or unrolled layers (scan_layers=False)")
   ap.add_argument("--rows", type=int, default=16)
   ap.add_argument("--caches", default="64,320,1280")
-  ap.add_argument("--rollout-caches", default="320,640,1280", help="'' skips the whole-rollout timing")
+  ap.add_argument("--rollout-caches", default=None,
+                  help="cache lengths of the whole-rollout timing (default: quick 320,640,1280; full 640,1280,2560, "
+                       "as the full rollout needs >= 476 slots); '' skips it")
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--threads", type=int, default=None)
   ap.add_argument("--bw-mib", type=int, default=1024)
   ap.add_argument("--out", default=None)
   args = ap.parse_args()
+  if args.rollout_caches is None:
+    args.rollout_caches = "320,640,1280" if args.model == "quick" else "640,1280,2560"
   threads = common.set_threads(args.threads)
   load_before = common.loadavg()
   s = SETTINGS[args.model]
