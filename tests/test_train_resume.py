@@ -166,6 +166,7 @@ def test_stage_trajectories_pick_the_training_examples(data_dir, tmp_path):
   """SFT stages train on, and GRPO stages draw prompts from, the training examples of the stage's kind."""
   c = small_config(data_dir)
   c.stages.rl_d.trajectories, c.stages.rl_c.trajectories = "compositional", "all"
+  c.stages.crp_sft.trajectories = "compositional"        # the tiny config's CRP-SFT takes "all"
   source_fn = make_source_fn(c.data)
   Runner(c, str(tmp_path / "w"), source_fn)
   kind = lambda ex: ex["kind"].decode() if isinstance(ex["kind"], bytes) else ex["kind"]   # noqa: E731
