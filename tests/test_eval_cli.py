@@ -13,7 +13,7 @@ from videor4_jax.processing.tokenizer import Tokenizer
 
 SUMMARY_KEYS = {"mode", "num_questions", "accuracy", "anls", "rumination_rate", "actions_per_question",
                 "invalid_action_rate", "answered_rate"}
-QUESTION_KEYS = {"qid", "question", "golds", "prediction", "accuracy", "anls", "answered", "actions", "text"}
+QUESTION_KEYS = {"qid", "question", "kind", "golds", "prediction", "accuracy", "anls", "answered", "actions", "text"}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,12 @@ def test_eval_cli_writes_documented_results(checkpoint, mode, tmp_path):
   assert "accuracy" in proc.stdout and mode in proc.stdout                       # the summary table
   res = json.loads(out.read_text())
   s, qs = res["summary"], res["questions"]
-  assert set(s) == SUMMARY_KEYS and s["mode"] == mode and s["num_questions"] == len(qs) == n
+  kinds = sorted({q["kind"] for q in qs} - {""})
+  assert kinds and set(s) == SUMMARY_KEYS | {f"accuracy_{k}" for k in kinds}, (s, kinds)
+  assert s["mode"] == mode and s["num_questions"] == len(qs) == n
+  for k in kinds:                     # the accuracy of each record kind, over that kind's questions
+    mine = [q["accuracy"] for q in qs if q["kind"] == k]
+    assert s[f"accuracy_{k}"] == pytest.approx(sum(mine) / len(mine))
   assert all(set(q) == QUESTION_KEYS and isinstance(q["golds"], list) and q["golds"] for q in qs)
   assert s["accuracy"] == pytest.approx(sum(q["accuracy"] for q in qs) / n)
   assert s["anls"] == pytest.approx(sum(q["anls"] for q in qs) / n)
