@@ -40,8 +40,7 @@ def child(args):
   params = rb.biased_params(config, tok, **m["bias"])
   ours_b, _ = ts.make_batch(tok, config, s, m)
   batch = jax.tree.map(jnp.asarray, ours_b)
-  run_config = config.replace(scan_layers=args.layers == "scanned")
-  run_params = params if args.layers == "scanned" else vlm.unstack_layers(config, params)
+  run_config, run_params = (config, params) if args.layers == "scanned" else vlm.cpu_setting(config, params)
   tx = make_optimizer(OptimConfig(lr=ts.LR, warmup_steps=0, total_steps=10_000, end_lr_ratio=1.0,
                                   weight_decay=ts.WD, clip_norm=ts.CLIP))
   gcfg = grpo.GRPOConfig(num_generations=2, beta=ts.BETA, eps_low=ts.EPS, eps_high=ts.EPS)

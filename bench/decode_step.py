@@ -127,7 +127,7 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--model", choices=("full", "quick"), default="full")
   ap.add_argument("--layers", choices=("scanned", "unrolled"), default="scanned",
-                  help="scanned (the default config) or unrolled layers (scan_layers=False)")
+                  help="scanned (the default config) or the CPU setting (vlm.cpu_setting: unrolled layers, flat_tokens)")
   ap.add_argument("--rows", type=int, default=16)
   ap.add_argument("--caches", default="64,320,1280")
   ap.add_argument("--rollout-caches", default=None,
@@ -147,7 +147,7 @@ def main():
   config = model_config(tok, s)
   params = biased_params(config, tok, **s["bias"])
   if args.layers == "unrolled":
-    config, params = config.replace(scan_layers=False), vlm.unstack_layers(config, params)
+    config, params = vlm.cpu_setting(config, params)
   rows = args.rows
   bw = read_bandwidth(args.bw_mib)
   n_params = int(sum(x.size for x in jax.tree.leaves(params)))

@@ -79,8 +79,7 @@ def main():
   params = rb.biased_params(config, tok, **m["bias"])
   ours_b, hf_b = ts.make_batch(tok, config, s, m)
   b = ours_b["tokens"].shape[0]
-  run_config = config.replace(scan_layers=args.layers == "scanned")
-  run_params = params if args.layers == "scanned" else vlm.unstack_layers(config, params)
+  run_config, run_params = (config, params) if args.layers == "scanned" else vlm.cpu_setting(config, params)
   tx = make_optimizer(OptimConfig(lr=ts.LR, warmup_steps=0, total_steps=10_000, end_lr_ratio=1.0,
                                   weight_decay=ts.WD, clip_norm=ts.CLIP))
   batch = jax.tree.map(jnp.asarray, ours_b)

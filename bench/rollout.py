@@ -399,8 +399,8 @@ def parse_args(argv=None):
                   help="timed runs per implementation, alternated ABC ABC ... (median and spread)")
   ap.add_argument("--threads", type=int, default=None, help="threads for XLA and torch alike (default: all CPUs)")
   ap.add_argument("--layers", choices=("scanned", "unrolled"), default="scanned",
-                  help="ours (both sides): scanned decoder layers (the default config) or unrolled "
-                       "(scan_layers=False, params relaid out by vlm.unstack_layers); HF is the same either way")
+                  help="ours (both sides): scanned decoder layers (the default config) or the CPU setting "
+                       "(vlm.cpu_setting: unrolled layers, flat_tokens); HF is the same either way")
   ap.add_argument("--out", default=None, help="result JSON (default bench/results/rollout[_quick|_paper].json)")
   return ap.parse_args(argv)
 
@@ -419,8 +419,8 @@ def main(argv=None):
   G = cfg["G"]
   ours_env, ours_params = env, params
   if args.layers == "unrolled":    # HF keeps the scanned config and params it is saved from
-    ours_params = vlm.unstack_layers(config, params)
-    ours_env = make_env(config.replace(scan_layers=False), env.rollout, tok, cfg["frames"])
+    ours_config, ours_params = vlm.cpu_setting(config, params)
+    ours_env = make_env(ours_config, env.rollout, tok, cfg["frames"])
   rep = {k: np.repeat(v, G, axis=0) for k, v in prompts.items()}     # the rollout's row order (b*G + g)
   res = {"config": cfg}
   sides, info, rows = {}, {}, {}

@@ -24,10 +24,12 @@ alternate (ours, HF, ours, HF, ...; `--runs` >= 5 each), so that load from other
 both alike; the JSON keeps every run, median, quartiles, min / max, wall and process-CPU time, and the ratio of
 the medians. XLA and torch get the same number of threads (`--threads`, default every CPU; bench/common.py).
 
-Layers. `--layers unrolled` (default here): `ModelConfig.scan_layers=False`, the CPU setting (params relaid out by
-`vlm.unstack_layers`): XLA:CPU then neither copies each layer's weights out of the stack nor stacks the
-residuals and gradients per layer (`dynamic-slice` / `dynamic-update-slice` in the scan body), and fuses across
-layers. `--layers scanned`: the default config (`lax.scan` over layers; the TPU path, compile time flat in depth).
+Layers. `--layers unrolled` (default here): the CPU setting, `vlm.cpu_setting` (`scan_layers=False`, params
+relaid out by `vlm.unstack_layers`, and `flat_tokens=True`): XLA:CPU then neither copies each layer's weights out
+of the stack nor stacks the residuals and gradients per layer (`dynamic-slice` / `dynamic-update-slice` in the
+scan body), and runs the decoder's weight-gradient dots on flat `[B*T, D]` rows without a transposing copy of
+each activation. `--layers scanned`: the default config (`lax.scan` over layers, `[B, T, D]` dense layers; the
+TPU path, compile time flat in depth).
 Final line: SFT ours/HF and GRPO ours/HF.
 """
 from __future__ import annotations
@@ -142,7 +144,7 @@ def parse_args(argv=None):
   ap.add_argument("--runs", type=int, default=5, help="timed steps per side, alternated (median and spread)")
   ap.add_argument("--threads", type=int, default=None, help="threads for XLA and torch alike (default: all CPUs)")
   ap.add_argument("--layers", choices=("unrolled", "scanned"), default="unrolled",
-                  help="ours: unrolled layers (CPU setting, scan_layers=False) or the scanned default")
+                  help="ours: the CPU setting (vlm.cpu_setting: unrolled layers, flat_tokens) or the scanned default")
   ap.add_argument("--steps", default="sft,grpo")
   ap.add_argument("--out", default=None)
   return ap.parse_args(argv)
@@ -181,14 +183,14 @@ def main(argv=None):
   ours_b, hf_b = make_batch(tok, config, s, m)
   B, S = ours_b["tokens"].shape
   ntok = B * S
-  run_config = config.replace(scan_layers=args.layers == "scanned")
-  run_params = params if args.layers == "scanned" else vlm.unstack_layers(config, params)
+  run_config, run_params = (config, params) if args.layers == "scanned" else vlm.cpu_setting(config, params)
   res = dict(config=dict(params=n_params, B=B, S=S, tokens_per_step=ntok, loss_tokens=int(ours_b["loss_mask"].sum()),
                          assistant_tokens_per_turn=s["A"], crop_hw=s["crop_hw"],
                          video_pixels=list(ours_b["video_pixels"].shape), obs_pixels=list(ours_b["obs_pixels"].shape),
                          text=m["text"], vision=m["vision"], lr=LR, weight_decay=WD, clip_norm=CLIP, grpo_beta=BETA,
                          grpo_eps=EPS, aggregation="seq_mean_token_mean", dtype="float32", runs=args.runs,
-                         quick=args.quick, layers=args.layers, remat=run_config.remat, threads=threads))
+                         quick=args.quick, layers=args.layers, remat=run_config.remat, flat_tokens=run_config.flat_tokens,
+                         threads=threads))
   print(f"model {n_params / 1e6:.1f}M params; batch {B} x {S} slots; layers {args.layers}; {threads} threads "
         f"(XLA and torch)", flush=True)
 

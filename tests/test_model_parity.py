@@ -195,13 +195,15 @@ def test_one_decoder_layer_matches_hf(pair):
 
 
 @pytest.mark.parametrize("name", ["video", "images"])
-def test_unrolled_layers_match_hf_and_the_scanned_layout(pair, name):
-  """The CPU setting scan_layers=False (bench/train_step.py --layers unrolled): the checkpoint loaded unrolled, and
-  the scanned params relaid out by vlm.unstack_layers, both give HF's logits."""
+def test_cpu_setting_matches_hf_and_the_scanned_layout(pair, name):
+  """The CPU setting (vlm.cpu_setting: scan_layers=False and flat_tokens=True; bench/train_step.py --layers
+  unrolled): the scanned params relaid out by vlm.unstack_layers give HF's logits, unrolled alone and with the
+  decoder's dense layers on flat token rows."""
   hf, config, params = pair
   ours_scanned, ref, valid, (ids, _, images, videos, spg, mask) = _run_both(pair, name)
+  cpu, relaid = vlm.cpu_setting(config, params)
+  assert (cpu.scan_layers, cpu.flat_tokens) == (False, True)
   unrolled = config.replace(scan_layers=False)
-  relaid = vlm.unstack_layers(config, params)
   assert "layers" not in relaid["params"]["decoder"] and "layers" in params["params"]["decoder"]
   rng = np.random.default_rng(0)
   _case(name, rng)                                   # the same draws as _run_both: the same patches
@@ -209,9 +211,10 @@ def test_unrolled_layers_match_hf_and_the_scanned_layout(pair, name):
   pvv = random_patches(rng, videos) if videos else None
   args = (ids, mask, pv, None if not images else np.array(images), pvv, None if not videos else np.array(videos),
           None if spg is None else np.array(spg, np.float32))
-  ours = np.asarray(jax.jit(lambda p, *a: videor4_jax.forward(unrolled, p, *a))(relaid, *args))
-  assert np.abs(ours - ref)[valid].max() <= LOGIT_TOL
-  assert np.abs(ours - ours_scanned)[valid].max() <= 1e-5
+  for run_config in (unrolled, cpu):
+    ours = np.asarray(jax.jit(lambda p, *a: videor4_jax.forward(run_config, p, *a))(relaid, *args))
+    assert np.abs(ours - ref)[valid].max() <= LOGIT_TOL
+    assert np.abs(ours - ours_scanned)[valid].max() <= 1e-5
   with pytest.raises(ValueError, match="no stacked 'layers'"):
     vlm.unstack_layers(config, relaid)
 

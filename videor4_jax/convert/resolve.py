@@ -16,7 +16,8 @@ from videor4_jax.model.config import ModelConfig, model_config_from_dict
 from videor4_jax.processing import chat
 from videor4_jax.processing.processor import Processor
 
-JAX_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", "initializer_range", "attention_q_chunk")
+JAX_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", "initializer_range", "attention_q_chunk",
+              "flat_tokens")
 
 
 class ConfigMismatch(ValueError):

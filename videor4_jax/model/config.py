@@ -93,6 +93,10 @@ class ModelConfig:
   initializer_range: float = 0.02  # std of the normal init of every kernel and embedding (HF's value is 0.02)
   attention_q_chunk: int = 0     # > 0: self-attention over whole sequences (vision tower; decoder in training and
                                  # reference forwards) in query chunks of this size (model/layers.masked_attention)
+  flat_tokens: bool = False      # the decoder's dense layers on [B*T, D] rows instead of [B, T, D] (the same math):
+                                 # XLA:CPU then runs their weight-gradient dots as plain 2-D GEMMs, without a
+                                 # transposing copy of each activation (the CPU setting; docs/BENCHMARKS.md). Off
+                                 # for TPU, whose sharding rules name the batch and length axes of [B, T, D].
 
   def __post_init__(self):
     if self.vision.out_hidden_size != self.text.hidden_size:

@@ -117,8 +117,9 @@ class DecoderLayer(nn.Module):
     c, t = self.config, self.config.text
     dtype, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     cos, sin, mask_bqk, write_index, rows = consts
-    h = RMSNorm(t.rms_norm_eps, dtype=dtype, param_dtype=pdt, name="input_layernorm")(x_btd)
     b, n, _ = x_btd.shape
+    rows_of = (lambda a: a.reshape(b * n, a.shape[-1])) if c.flat_tokens else (lambda a: a)   # config.flat_tokens
+    h = rows_of(RMSNorm(t.rms_norm_eps, dtype=dtype, param_dtype=pdt, name="input_layernorm")(x_btd))
     kw = dict(dtype=dtype, param_dtype=pdt, init_std=c.initializer_range)
     q = dense(t.num_attention_heads * t.head_dim, ("embed", "q_heads"), use_bias=True, name="q_proj", **kw)(h)
     k = dense(t.num_key_value_heads * t.head_dim, ("embed", "kv_heads"), use_bias=True, name="k_proj", **kw)(h)
@@ -136,9 +137,11 @@ class DecoderLayer(nn.Module):
       k = constrain(k, ("batch", "cache_length", "kv_heads_act", None))
       attn = masked_attention(q, k, v, mask_bqk, scale=t.head_dim ** -0.5, q_chunk=c.attention_q_chunk)
     attn = constrain(attn.reshape(b, n, t.num_attention_heads * t.head_dim), ("batch", "length", "q_heads"))
-    x_btd = x_btd + dense(t.hidden_size, ("q_heads", "embed"), use_bias=False, name="o_proj", **kw)(attn)
+    o = dense(t.hidden_size, ("q_heads", "embed"), use_bias=False, name="o_proj", **kw)(rows_of(attn))
+    x_btd = x_btd + o.reshape(x_btd.shape)
     h = RMSNorm(t.rms_norm_eps, dtype=dtype, param_dtype=pdt, name="post_attention_layernorm")(x_btd)
-    x_btd = x_btd + SwiGLU(t.hidden_size, t.intermediate_size, use_bias=False, name="mlp", **kw)(h)
+    mlp = SwiGLU(t.hidden_size, t.intermediate_size, use_bias=False, name="mlp", **kw)(rows_of(h))
+    x_btd = x_btd + mlp.reshape(x_btd.shape)
     x_btd = constrain(x_btd, ("batch", "length", "embed"))
     return (x_btd, cache_kv), None
 
