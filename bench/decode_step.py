@@ -127,7 +127,7 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--model", choices=("full", "quick"), default="full")
   ap.add_argument("--layers", choices=("scanned", "unrolled"), default="scanned",
-                  help="scanned (the default config) or the CPU setting (vlm.cpu_setting: unrolled layers, flat_tokens)")
+                  help="scanned (the default config) or the CPU setting (vlm.cpu_setting: unrolled, flat_tokens)")
   ap.add_argument("--rows", type=int, default=16)
   ap.add_argument("--caches", default="64,320,1280")
   ap.add_argument("--rollout-caches", default=None,

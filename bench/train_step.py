@@ -189,8 +189,8 @@ def main(argv=None):
                          video_pixels=list(ours_b["video_pixels"].shape), obs_pixels=list(ours_b["obs_pixels"].shape),
                          text=m["text"], vision=m["vision"], lr=LR, weight_decay=WD, clip_norm=CLIP, grpo_beta=BETA,
                          grpo_eps=EPS, aggregation="seq_mean_token_mean", dtype="float32", runs=args.runs,
-                         quick=args.quick, layers=args.layers, remat=run_config.remat, flat_tokens=run_config.flat_tokens,
-                         threads=threads))
+                         quick=args.quick, layers=args.layers, remat=run_config.remat,
+                         flat_tokens=run_config.flat_tokens, threads=threads))
   print(f"model {n_params / 1e6:.1f}M params; batch {B} x {S} slots; layers {args.layers}; {threads} threads "
         f"(XLA and torch)", flush=True)
 
