@@ -151,8 +151,8 @@ def main():
   rows = args.rows
   bw = read_bandwidth(args.bw_mib)
   n_params = int(sum(x.size for x in jax.tree.leaves(params)))
-  res = dict(config=dict(model=args.model, params=n_params, layers=args.layers, rows=rows, prefill=32, tokens=24,
-                         text=s["text"], threads=threads),
+  res = dict(config=dict(model=args.model, params=n_params, layers=args.layers, flat_tokens=config.flat_tokens,
+                         rows=rows, prefill=32, tokens=24, text=s["text"], threads=threads),
              read_bandwidth_gb_s=round(bw / 1e9, 2), decode_ms_per_token={}, rollout_s={})
   print(f"model {args.model} ({n_params / 1e6:.1f}M params, {args.layers} layers), {rows} rows, {threads} threads; "
         f"read bandwidth {bw / 1e9:.1f} GB/s ({args.bw_mib} MiB sum)", flush=True)

@@ -415,7 +415,7 @@ def main(argv=None):
   import transformers
   transformers.logging.set_verbosity_error()
   tok, config, params, prompts, env, cfg = setup(args.shape)
-  cfg.update(runs=args.runs, threads=threads, layers=args.layers)
+  cfg.update(runs=args.runs, threads=threads, layers=args.layers, flat_tokens=args.layers == "unrolled")
   G = cfg["G"]
   ours_env, ours_params = env, params
   if args.layers == "unrolled":    # HF keeps the scanned config and params it is saved from

@@ -64,6 +64,13 @@ def get(d, dotted, default=None):
   return d
 
 
+def layout(c) -> str:
+  """How a JSON's model was laid out: the scanned default, or the CPU setting (vlm.cpu_setting)."""
+  if c.get("layers", "scanned") == "scanned":
+    return "scanned layers"
+  return "CPU setting: unrolled, flat tokens" if c.get("flat_tokens") else "unrolled layers"
+
+
 def fmt_train(r, size):
   if r is None:
     return None
@@ -73,7 +80,7 @@ def fmt_train(r, size):
     if k not in r:
       continue
     o, h = r[k]["ours"], r[k]["hf"]
-    out.append(f"{k.upper()} {size} ({c['params'] / 1e6:.1f}M, {c['B']} x {c['S']} slots, {c['layers']} layers, "
+    out.append(f"{k.upper()} {size} ({c['params'] / 1e6:.1f}M, {c['B']} x {c['S']} slots, {layout(c)}, "
                f"{c['threads']} threads): **{r[k]['ours_over_hf']:.2f}x** ({o['tokens_per_s']:.0f} vs "
                f"{h['tokens_per_s']:.0f} tok/s; step "
                f"{o['wall']['median']:.3f} s [{o['wall']['min']:.3f}-{o['wall']['max']:.3f}] vs "
@@ -88,7 +95,7 @@ def fmt_rollout(ro, path):
   c = ro.get("config", {})
   shape = c.get("shape", "quick" if c.get("quick") else "full")
   hw = "x".join(map(str, c.get("global_hw") or ["?"]))
-  what = (f"{shape}, {c.get('layers', 'scanned')} layers: {c.get('params', 0) / 1e6:.1f}M, {c.get('rows')} rows "
+  what = (f"{shape}, {layout(c)}: {c.get('params', 0) / 1e6:.1f}M, {c.get('rows')} rows "
           f"({c.get('B')} x G={c.get('G')}), "
           f"R={c.get('R')}, T={c.get('max_step_tokens')}, {c.get('frames')} frames {hw}")
   if shape == "paper":
@@ -104,7 +111,8 @@ def fmt_rollout(ro, path):
            f"{get(ro, 'hf.tokens_per_s')} tok/s{timing}); decoder work HF/ours "
            f"{get(ro, 'workload.work_bound.hf_over_ours', 'n/a')}x; {get(ro, 'workload.calls_per_row', 'n/a')} "
            f"calls per row", path),
-          (f"rollout KV kept / re-prefill ({shape}, {c.get('layers', 'scanned')} layers)", f"**{get(ro, 'ratios.kv_over_reprefill', 'n/a')}x** "
+          (f"rollout KV kept / re-prefill ({shape}, {layout(c)})",
+           f"**{get(ro, 'ratios.kv_over_reprefill', 'n/a')}x** "
            f"(decoder work re-prefill/ours {get(ro, 'workload.work_bound.reprefill_over_ours', 'n/a')}x)", path)]
 
 
@@ -121,7 +129,7 @@ def rows(quick: bool) -> list:
   if cc:
     cold, warm = cc["starts"][0], cc["starts"][1:]
     out.append(("first train step in a new process: cold / warm persistent compilation cache (quick, "
-                f"{cc['config']['layers']} layers)", "; ".join(
+                f"{layout(cc['config'])})", "; ".join(
                     f"{k.upper()} {cold[k]['first_step_s']:.1f} s / {min(w[k]['first_step_s'] for w in warm):.1f} s "
                     f"(**{cc['cold_over_warm'][k]:.1f}x**)" for k in ("sft", "grpo")), "compile_cache_quick.json"))
   for ds in (load(f"decode_step{sfx}.json"), load(f"decode_step{sfx}_unrolled.json"),
@@ -134,8 +142,9 @@ def rows(quick: bool) -> list:
                        f"**{100 * v['roofline_fraction_same_size']:.0f}%**)" if "roofline_fraction_same_size" in v else "")
                     for S, v in ds["decode_ms_per_token"].items())
     roll = "; ".join(f"S={S}: {v['s']:.2f} s" for S, v in ds.get("rollout_s", {}).items())
-    out.append((f"decode token, {c['rows']} rows, {c['model']} model ({c['params'] / 1e6:.1f}M, {c['layers']} "
-                f"layers): ms and fraction of the memory roofline (DRAM read bandwidth {ds['read_bandwidth_gb_s']} GB/s, "
+    out.append((f"decode token, {c['rows']} rows, {c['model']} model ({c['params'] / 1e6:.1f}M, "
+                f"{layout(c)}): ms and fraction of the memory roofline (DRAM read bandwidth "
+                f"{ds['read_bandwidth_gb_s']} GB/s, "
                 "measured in the same process)", per + (f"; whole rollout {roll}" if roll else ""),
                 "decode_step*.json"))
   for name in [f"rollout{sfx}.json", f"rollout{sfx}_unrolled.json"] + ([] if quick else ["rollout_paper.json"]):
