@@ -127,7 +127,7 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--model", choices=("full", "quick"), default="full")
   ap.add_argument("--layers", choices=("scanned", "unrolled"), default="scanned",
-                  help="scanned (the default config) or the CPU setting (vlm.cpu_setting: unrolled, flat_tokens)")
+                  help="scanned (the default config) or the CPU setting (vlm.cpu_setting: unrolled, cpu_layouts)")
   ap.add_argument("--rows", type=int, default=16)
   ap.add_argument("--caches", default="64,320,1280")
   ap.add_argument("--rollout-caches", default=None,
@@ -151,7 +151,7 @@ def main():
   rows = args.rows
   bw = read_bandwidth(args.bw_mib)
   n_params = int(sum(x.size for x in jax.tree.leaves(params)))
-  res = dict(config=dict(model=args.model, params=n_params, layers=args.layers, flat_tokens=config.flat_tokens,
+  res = dict(config=dict(model=args.model, params=n_params, layers=args.layers, cpu_layouts=config.cpu_layouts,
                          rows=rows, prefill=32, tokens=24, text=s["text"], threads=threads),
              read_bandwidth_gb_s=round(bw / 1e9, 2), decode_ms_per_token={}, rollout_s={})
   print(f"model {args.model} ({n_params / 1e6:.1f}M params, {args.layers} layers), {rows} rows, {threads} threads; "

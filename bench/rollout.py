@@ -400,7 +400,7 @@ def parse_args(argv=None):
   ap.add_argument("--threads", type=int, default=None, help="threads for XLA and torch alike (default: all CPUs)")
   ap.add_argument("--layers", choices=("scanned", "unrolled"), default="scanned",
                   help="ours (both sides): scanned decoder layers (the default config) or the CPU setting "
-                       "(vlm.cpu_setting: unrolled layers, flat_tokens); HF is the same either way")
+                       "(vlm.cpu_setting: unrolled layers, cpu_layouts); HF is the same either way")
   ap.add_argument("--out", default=None, help="result JSON (default bench/results/rollout[_quick|_paper].json)")
   return ap.parse_args(argv)
 
@@ -415,7 +415,7 @@ def main(argv=None):
   import transformers
   transformers.logging.set_verbosity_error()
   tok, config, params, prompts, env, cfg = setup(args.shape)
-  cfg.update(runs=args.runs, threads=threads, layers=args.layers, flat_tokens=args.layers == "unrolled")
+  cfg.update(runs=args.runs, threads=threads, layers=args.layers, cpu_layouts=args.layers == "unrolled")
   G = cfg["G"]
   ours_env, ours_params = env, params
   if args.layers == "unrolled":    # HF keeps the scanned config and params it is saved from

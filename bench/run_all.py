@@ -68,7 +68,7 @@ def layout(c) -> str:
   """How a JSON's model was laid out: the scanned default, or the CPU setting (vlm.cpu_setting)."""
   if c.get("layers", "scanned") == "scanned":
     return "scanned layers"
-  return "CPU setting: unrolled, flat tokens" if c.get("flat_tokens") else "unrolled layers"
+  return "CPU setting: unrolled, CPU layouts" if c.get("cpu_layouts") else "unrolled layers"
 
 
 def fmt_train(r, size):

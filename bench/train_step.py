@@ -25,7 +25,7 @@ both alike; the JSON keeps every run, median, quartiles, min / max, wall and pro
 the medians. XLA and torch get the same number of threads (`--threads`, default every CPU; bench/common.py).
 
 Layers. `--layers unrolled` (default here): the CPU setting, `vlm.cpu_setting` (`scan_layers=False`, params
-relaid out by `vlm.unstack_layers`, and `flat_tokens=True`): XLA:CPU then neither copies each layer's weights out
+relaid out by `vlm.unstack_layers`, and `cpu_layouts=True`): XLA:CPU then neither copies each layer's weights out
 of the stack nor stacks the residuals and gradients per layer (`dynamic-slice` / `dynamic-update-slice` in the
 scan body), and runs the decoder's weight-gradient dots on flat `[B*T, D]` rows without a transposing copy of
 each activation. `--layers scanned`: the default config (`lax.scan` over layers, `[B, T, D]` dense layers; the
@@ -144,7 +144,7 @@ def parse_args(argv=None):
   ap.add_argument("--runs", type=int, default=5, help="timed steps per side, alternated (median and spread)")
   ap.add_argument("--threads", type=int, default=None, help="threads for XLA and torch alike (default: all CPUs)")
   ap.add_argument("--layers", choices=("unrolled", "scanned"), default="unrolled",
-                  help="ours: the CPU setting (vlm.cpu_setting: unrolled layers, flat_tokens) or the scanned default")
+                  help="ours: the CPU setting (vlm.cpu_setting: unrolled layers, cpu_layouts) or the scanned default")
   ap.add_argument("--steps", default="sft,grpo")
   ap.add_argument("--out", default=None)
   return ap.parse_args(argv)
@@ -190,7 +190,7 @@ def main(argv=None):
                          text=m["text"], vision=m["vision"], lr=LR, weight_decay=WD, clip_norm=CLIP, grpo_beta=BETA,
                          grpo_eps=EPS, aggregation="seq_mean_token_mean", dtype="float32", runs=args.runs,
                          quick=args.quick, layers=args.layers, remat=run_config.remat,
-                         flat_tokens=run_config.flat_tokens, threads=threads))
+                         cpu_layouts=run_config.cpu_layouts, threads=threads))
   print(f"model {n_params / 1e6:.1f}M params; batch {B} x {S} slots; layers {args.layers}; {threads} threads "
         f"(XLA and torch)", flush=True)
 

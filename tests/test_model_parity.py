@@ -196,13 +196,13 @@ def test_one_decoder_layer_matches_hf(pair):
 
 @pytest.mark.parametrize("name", ["video", "images"])
 def test_cpu_setting_matches_hf_and_the_scanned_layout(pair, name):
-  """The CPU setting (vlm.cpu_setting: scan_layers=False and flat_tokens=True; bench/train_step.py --layers
+  """The CPU setting (vlm.cpu_setting: scan_layers=False and cpu_layouts=True; bench/train_step.py --layers
   unrolled): the scanned params relaid out by vlm.unstack_layers give HF's logits, unrolled alone and with the
   decoder's dense layers on flat token rows."""
   hf, config, params = pair
   ours_scanned, ref, valid, (ids, _, images, videos, spg, mask) = _run_both(pair, name)
   cpu, relaid = vlm.cpu_setting(config, params)
-  assert (cpu.scan_layers, cpu.flat_tokens) == (False, True)
+  assert (cpu.scan_layers, cpu.cpu_layouts) == (False, True)
   unrolled = config.replace(scan_layers=False)
   assert "layers" not in relaid["params"]["decoder"] and "layers" in params["params"]["decoder"]
   rng = np.random.default_rng(0)
@@ -257,3 +257,34 @@ def test_query_chunked_attention_gradients_equal_whole():
   scores_whole = re.compile(rf"f32\[[0-9,]*{q_len},{q_len}\]")         # float [..., Q, K] arrays
   assert scores_whole.search(str(jax.make_jaxpr(jax.grad(loss(0)))(q, k, v)))
   assert not scores_whole.search(str(jax.make_jaxpr(jax.grad(loss(8)))(q, k, v)))
+
+
+@pytest.mark.parametrize("q_chunk", [0, 8])
+def test_batch_major_attention_equals_the_einsum_form(q_chunk):
+  """masked_attention(batch_major=True) (ModelConfig.cpu_layouts) gives the einsum form's outputs and gradients,
+  with grouped KV heads, a query block that is not the key length (as over a cache prefix), fully masked rows and
+  query chunks."""
+  from videor4_jax.model.layers import masked_attention
+  rng = np.random.default_rng(4)
+  b, q_len, k_len, h, hkv, d = 2, 21, 29, 6, 2, 8
+  q = jnp.asarray(rng.normal(size=(b, q_len, h, d)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(b, k_len, hkv, d)), jnp.float32) for _ in range(2))
+  mask = rng.random((b, q_len, k_len)) < 0.6
+  mask[0, 3] = False                                    # a fully masked row
+  w = jnp.asarray(rng.normal(size=(b, q_len, h, d)), jnp.float32)
+
+  def loss(batch_major):
+    return lambda q, k, v: (masked_attention(q, k, v, mask, scale=0.3, q_chunk=q_chunk,
+                                             batch_major=batch_major) * w).sum()
+  val_e, grads_e = jax.value_and_grad(loss(False), argnums=(0, 1, 2))(q, k, v)
+  val_b, grads_b = jax.value_and_grad(loss(True), argnums=(0, 1, 2))(q, k, v)
+  np.testing.assert_allclose(float(val_b), float(val_e), rtol=1e-5)
+  for a, c in zip(grads_e, grads_b):
+    np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-5, atol=1e-5)
+  out = masked_attention(q, k, v, mask, scale=0.3, batch_major=True)
+  # each head reads its own KV group: head 5 (group 1) against a direct per-head softmax
+  s = np.einsum("qd,kd->qk", np.asarray(q[1, :, 5]), np.asarray(k[1, :, 1])) * 0.3
+  s = np.where(mask[1], s, -np.inf)
+  p = np.exp(s - s.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  np.testing.assert_allclose(np.asarray(out[1, :, 5]), p @ np.asarray(v[1, :, 1]), rtol=1e-5, atol=1e-5)

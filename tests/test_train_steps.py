@@ -337,7 +337,7 @@ def test_uninformative_batch_leaves_params_and_optimizer_state_bitwise_unchanged
 @pytest.mark.parametrize("setting", ["unrolled", "cpu"])
 def test_unrolled_layers_step_equals_scanned_step(setting):
   """The CPU settings take the same SFT step as the scanned default: scan_layers=False (params relaid out by
-  vlm.unstack_layers), alone and with flat_tokens=True (vlm.cpu_setting). Loss, grad norm and every updated
+  vlm.unstack_layers), alone and with cpu_layouts=True (vlm.cpu_setting). Loss, grad norm and every updated
   parameter agree up to float summation order."""
   from videor4_jax.model import vlm
   tok, config, params, env = make_setup()
@@ -345,7 +345,7 @@ def test_unrolled_layers_step_equals_scanned_step(setting):
   tx = make_optimizer(OptimConfig(lr=1e-3, warmup_steps=0, total_steps=10, weight_decay=0.01, clip_norm=1.0))
   run_config, run_params = vlm.cpu_setting(config, params)
   if setting == "unrolled":
-    run_config = run_config.replace(flat_tokens=False)
+    run_config = run_config.replace(cpu_layouts=False)
   s_scan, m_scan = jax.jit(functools.partial(sft_step, config))(TrainState.create(params, tx), batch)
   s_unr, m_unr = jax.jit(functools.partial(sft_step, run_config))(TrainState.create(run_params, tx), batch)
   np.testing.assert_allclose(float(m_unr["loss"]), float(m_scan["loss"]), rtol=1e-5)

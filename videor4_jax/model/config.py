@@ -93,10 +93,11 @@ class ModelConfig:
   initializer_range: float = 0.02  # std of the normal init of every kernel and embedding (HF's value is 0.02)
   attention_q_chunk: int = 0     # > 0: self-attention over whole sequences (vision tower; decoder in training and
                                  # reference forwards) in query chunks of this size (model/layers.masked_attention)
-  flat_tokens: bool = False      # the decoder's dense layers on [B*T, D] rows instead of [B, T, D] (the same math):
-                                 # XLA:CPU then runs their weight-gradient dots as plain 2-D GEMMs, without a
-                                 # transposing copy of each activation (the CPU setting; docs/BENCHMARKS.md). Off
-                                 # for TPU, whose sharding rules name the batch and length axes of [B, T, D].
+  cpu_layouts: bool = False      # layouts XLA:CPU runs fastest, the same math (float summation order aside): the
+                                 # decoder's dense layers on [B*T, D] rows (weight gradients as plain 2-D GEMMs, no
+                                 # transposing copy of each activation) and attention dots with batch axes leading
+                                 # (model/layers.masked_attention). vlm.cpu_setting; docs/BENCHMARKS.md. Off for
+                                 # TPU, whose sharding rules name the [B, T, D] axes.
 
   def __post_init__(self):
     if self.vision.out_hidden_size != self.text.hidden_size:

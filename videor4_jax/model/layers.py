@@ -81,7 +81,7 @@ def apply_rotary(x, cos, sin):
   return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)
 
 
-def masked_attention(q_bqhd, k_bkhd, v_bkhd, mask_bqk, *, scale: float, q_chunk: int = 0):
+def masked_attention(q_bqhd, k_bkhd, v_bkhd, mask_bqk, *, scale: float, q_chunk: int = 0, batch_major: bool = False):
   """Softmax attention with grouped KV heads. q: [B, Q, H, D]; k, v: [B, K, Hkv, D]; mask: [B, Q, K] bool.
 
   Scores and softmax in float32; masked scores take the dtype minimum (not -inf) so that a fully masked query
@@ -92,25 +92,40 @@ def masked_attention(q_bqhd, k_bkhd, v_bkhd, mask_bqk, *, scale: float, q_chunk:
   query row still sees all of its keys, so the softmax is the same row-wise computation (no online rescaling);
   only the peak memory changes. At the 7B recipe's GRPO shape (8 rows of 5120 slots per chip, 28 heads) the
   whole-sequence scores and their gradient did not fit a 95 GB v5p chip (train/aot.py report).
+
+  batch_major (`ModelConfig.cpu_layouts`): both dots with their batch axes (row, KV head) leading and the
+  contracted axis last, which XLA:CPU runs as canonical batched GEMMs: 1.3-2.2x faster forward + backward than the
+  einsum form (docs/BENCHMARKS.md). The same math in another summation order, so off by default: the default
+  config's numbers (and the learning runs measured with them) stay bit for bit.
   """
+  attend = _attention_batch_major if batch_major else _attention
   q_len = q_bqhd.shape[1]
   if not q_chunk or q_chunk >= q_len:
-    return _attention(q_bqhd, k_bkhd, v_bkhd, mask_bqk, scale)
+    return attend(q_bqhd, k_bkhd, v_bkhd, mask_bqk, scale)
   pad = -q_len % q_chunk                  # padded query rows are fully masked: finite outputs, sliced off
   q = jnp.pad(q_bqhd, ((0, 0), (0, pad), (0, 0), (0, 0)))
   mask = jnp.pad(mask_bqk, ((0, 0), (0, pad), (0, 0)))
   b, n_chunks = q.shape[0], q.shape[1] // q_chunk
   q_nbchd = q.reshape(b, n_chunks, q_chunk, *q.shape[2:]).swapaxes(0, 1)
   mask_nbck = mask.reshape(b, n_chunks, q_chunk, mask.shape[-1]).swapaxes(0, 1)
-  chunk = jax.checkpoint(lambda qm: _attention(qm[0], k_bkhd, v_bkhd, qm[1], scale))
+  chunk = jax.checkpoint(lambda qm: attend(qm[0], k_bkhd, v_bkhd, qm[1], scale))
   out_nbchd = jax.lax.map(chunk, (q_nbchd, mask_nbck))
   return out_nbchd.swapaxes(0, 1).reshape(b, n_chunks * q_chunk, *q.shape[2:])[:, :q_len]
 
 
 def _attention(q_bqhd, k_bkhd, v_bkhd, mask_bqk, scale):
-  """Both dots with their batch axes (row, KV head) leading and the contracted axis last (K stored `[B, Hkv, K, D]`,
-  the query heads of one KV group stacked along M): XLA:CPU then runs them as canonical batched GEMMs. Left as
-  `bqgrd,bkgd->bgrqk` einsums, it ran them 1.3-2.2x slower (fwd + bwd; docs/BENCHMARKS.md)."""
+  b, q_len, h, d = q_bqhd.shape
+  hkv = k_bkhd.shape[2]
+  q = q_bqhd.reshape(b, q_len, hkv, h // hkv, d)
+  scores = jnp.einsum("bqgrd,bkgd->bgrqk", q, k_bkhd, preferred_element_type=jnp.float32) * scale
+  scores = jnp.where(mask_bqk[:, None, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_bkhd.dtype)
+  out = jnp.einsum("bgrqk,bkgd->bqgrd", probs, v_bkhd)
+  return out.reshape(b, q_len, h, d)
+
+
+def _attention_batch_major(q_bqhd, k_bkhd, v_bkhd, mask_bqk, scale):
+  """`_attention` with K and V as `[B, Hkv, K, D]` and the query heads of one KV group stacked along M."""
   b, q_len, h, d = q_bqhd.shape
   k_len, hkv = k_bkhd.shape[1], k_bkhd.shape[2]
   r = h // hkv

@@ -78,7 +78,8 @@ def key_buckets(cache_len: int) -> tuple[int, ...]:
   return tuple(sorted(sizes))
 
 
-def cached_attention(q_bqhd, cache_kv, layer, mask_bqk, write_index, rows=None, *, scale, dtype):
+def cached_attention(q_bqhd, cache_kv, layer, mask_bqk, write_index, rows=None, *, scale, dtype,
+                     batch_major: bool = False):
   """Attention of the chunk's queries over `layer`'s cached keys, reading only a prefix of the slots.
 
   A query at slot q sees no key slot beyond q, so keys past `max(write_index) + T` cannot contribute. The prefix
@@ -100,7 +101,8 @@ def cached_attention(q_bqhd, cache_kv, layer, mask_bqk, write_index, rows=None, 
       if rows is not None:
         k, v = jnp.take(k, rows, axis=0), jnp.take(v, rows, axis=0)
       k = constrain(k, ("batch", "cache_length", "kv_heads_act", None))
-      return masked_attention(q, k.astype(dtype), v.astype(dtype), mask[:, :, :size], scale=scale)
+      return masked_attention(q, k.astype(dtype), v.astype(dtype), mask[:, :, :size], scale=scale,
+                              batch_major=batch_major)
     return attend
 
   return jax.lax.switch(bucket, [branch(n) for n in sizes], q_bqhd, k_lbshd, v_lbshd, mask_bqk)
@@ -118,7 +120,7 @@ class DecoderLayer(nn.Module):
     dtype, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     cos, sin, mask_bqk, write_index, rows = consts
     b, n, _ = x_btd.shape
-    rows_of = (lambda a: a.reshape(b * n, a.shape[-1])) if c.flat_tokens else (lambda a: a)   # config.flat_tokens
+    rows_of = (lambda a: a.reshape(b * n, a.shape[-1])) if c.cpu_layouts else (lambda a: a)   # config.cpu_layouts
     h = rows_of(RMSNorm(t.rms_norm_eps, dtype=dtype, param_dtype=pdt, name="input_layernorm")(x_btd))
     kw = dict(dtype=dtype, param_dtype=pdt, init_std=c.initializer_range)
     q = dense(t.num_attention_heads * t.head_dim, ("embed", "q_heads"), use_bias=True, name="q_proj", **kw)(h)
@@ -132,10 +134,11 @@ class DecoderLayer(nn.Module):
     if cache_kv is not None:
       cache_kv = tuple(_write_layer(buf, layer, u, write_index, rows) for buf, u in zip(cache_kv, (k, v)))
       attn = cached_attention(q, cache_kv, layer, mask_bqk, write_index, rows, scale=t.head_dim ** -0.5,
-                              dtype=dtype)
+                              dtype=dtype, batch_major=c.cpu_layouts)
     else:
       k = constrain(k, ("batch", "cache_length", "kv_heads_act", None))
-      attn = masked_attention(q, k, v, mask_bqk, scale=t.head_dim ** -0.5, q_chunk=c.attention_q_chunk)
+      attn = masked_attention(q, k, v, mask_bqk, scale=t.head_dim ** -0.5, q_chunk=c.attention_q_chunk,
+                              batch_major=c.cpu_layouts)
     attn = constrain(attn.reshape(b, n, t.num_attention_heads * t.head_dim), ("batch", "length", "q_heads"))
     o = dense(t.hidden_size, ("q_heads", "embed"), use_bias=False, name="o_proj", **kw)(rows_of(attn))
     x_btd = x_btd + o.reshape(x_btd.shape)

@@ -75,7 +75,7 @@ class VisionBlock(nn.Module):
     k = apply_rotary(qkv[:, 1], cos[:, None], sin[:, None])
     mask = jnp.where(is_full, full_mask, window_mask)
     attn = masked_attention(q[None], k[None], qkv[None, :, 2], mask[None], scale=v.head_dim ** -0.5,
-                            q_chunk=self.config.attention_q_chunk)[0]
+                            q_chunk=self.config.attention_q_chunk, batch_major=self.config.cpu_layouts)[0]
     x_nd = x_nd + dense(v.hidden_size, ("vis_heads", "vis_embed"), use_bias=True, dtype=dtype, param_dtype=pdt,
                         init_std=std, name="proj")(attn.reshape(n, v.hidden_size))
     h = RMSNorm(v.rms_norm_eps, axis_name="vis_embed", dtype=dtype, param_dtype=pdt, name="norm2")(x_nd)
