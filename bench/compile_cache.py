@@ -88,8 +88,8 @@ def main():
       print(f"start {i + 1} ({'cold' if i == 0 else 'warm'}): " + ", ".join(
           f"{k} first step {starts[-1][k]['first_step_s']:.2f} s (compile {starts[-1][k]['compile_s']:.2f} s)"
           for k in ("sft", "grpo")) + f"; process {starts[-1]['process_s']:.1f} s", flush=True)
-  res = dict(config=dict(quick=args.quick, layers=args.layers, cpu_layouts=run_config.cpu_layouts, starts=args.starts,
-                         threads=threads),
+  res = dict(config=dict(quick=args.quick, layers=args.layers, cpu_layouts=args.layers == "unrolled",
+                         starts=args.starts, threads=threads),
              starts=starts, machine=common.machine(threads, load_before=load_before, load_after=common.loadavg()))
   cold, warm = starts[0], starts[1:]
   res["cold_over_warm"] = {k: round(cold[k]["first_step_s"] / min(w[k]["first_step_s"] for w in warm), 2)
