@@ -415,12 +415,12 @@ def main(argv=None):
   import transformers
   transformers.logging.set_verbosity_error()
   tok, config, params, prompts, env, cfg = setup(args.shape)
-  cfg.update(runs=args.runs, threads=threads, layers=args.layers, cpu_layouts=args.layers == "unrolled")
   G = cfg["G"]
-  ours_env, ours_params = env, params
+  ours_config, ours_params, ours_env = config, params, env
   if args.layers == "unrolled":    # HF keeps the scanned config and params it is saved from
     ours_config, ours_params = vlm.cpu_setting(config, params)
     ours_env = make_env(ours_config, env.rollout, tok, cfg["frames"])
+  cfg.update(runs=args.runs, threads=threads, layers=args.layers, cpu_layouts=ours_config.cpu_layouts)
   rep = {k: np.repeat(v, G, axis=0) for k, v in prompts.items()}     # the rollout's row order (b*G + g)
   res = {"config": cfg}
   sides, info, rows = {}, {}, {}
