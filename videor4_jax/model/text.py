@@ -120,8 +120,8 @@ class DecoderLayer(nn.Module):
     dtype, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     cos, sin, mask_bqk, write_index, rows = consts
     b, n, _ = x_btd.shape
-    rows_of = (lambda a: a.reshape(b * n, a.shape[-1])) if c.cpu_layouts else (lambda a: a)   # config.cpu_layouts
-    h = rows_of(RMSNorm(t.rms_norm_eps, dtype=dtype, param_dtype=pdt, name="input_layernorm")(x_btd))
+    token_rows = (lambda a: a.reshape(b * n, a.shape[-1])) if c.cpu_layouts else (lambda a: a)  # cpu_layouts
+    h = token_rows(RMSNorm(t.rms_norm_eps, dtype=dtype, param_dtype=pdt, name="input_layernorm")(x_btd))
     kw = dict(dtype=dtype, param_dtype=pdt, init_std=c.initializer_range)
     q = dense(t.num_attention_heads * t.head_dim, ("embed", "q_heads"), use_bias=True, name="q_proj", **kw)(h)
     k = dense(t.num_key_value_heads * t.head_dim, ("embed", "kv_heads"), use_bias=True, name="k_proj", **kw)(h)
@@ -140,10 +140,10 @@ class DecoderLayer(nn.Module):
       attn = masked_attention(q, k, v, mask_bqk, scale=t.head_dim ** -0.5, q_chunk=c.attention_q_chunk,
                               batch_major=c.cpu_layouts)
     attn = constrain(attn.reshape(b, n, t.num_attention_heads * t.head_dim), ("batch", "length", "q_heads"))
-    o = dense(t.hidden_size, ("q_heads", "embed"), use_bias=False, name="o_proj", **kw)(rows_of(attn))
+    o = dense(t.hidden_size, ("q_heads", "embed"), use_bias=False, name="o_proj", **kw)(token_rows(attn))
     x_btd = x_btd + o.reshape(x_btd.shape)
     h = RMSNorm(t.rms_norm_eps, dtype=dtype, param_dtype=pdt, name="post_attention_layernorm")(x_btd)
-    mlp = SwiGLU(t.hidden_size, t.intermediate_size, use_bias=False, name="mlp", **kw)(rows_of(h))
+    mlp = SwiGLU(t.hidden_size, t.intermediate_size, use_bias=False, name="mlp", **kw)(token_rows(h))
     x_btd = x_btd + mlp.reshape(x_btd.shape)
     x_btd = constrain(x_btd, ("batch", "length", "embed"))
     return (x_btd, cache_kv), None
