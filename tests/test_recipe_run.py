@@ -4,6 +4,7 @@ data built by `python -m videor4_jax.data.build` from the official M4-ViteVQA an
 trajectories file. Every stage runs 2 steps with the config's mesh axes (FSDP over all 8 devices) and evaluates."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -33,6 +34,21 @@ SHAPE_FLAGS = {
     "eval.batch_size": 8, "eval.num_examples": 8, "log_every": 1}
 
 
+# A device late by this long is stuck, not slow: every collective of these programs takes milliseconds.
+COLLECTIVE_TIMEOUT_S = 300
+_ABORT = re.compile(r"Termination timeout for `(all[- ]\w+|reduce[- ]scatter|collective[- ]permute)[^`]*` of \d+ seconds "
+                    r"exceeded.*?only \d+ of them arrived on time")
+
+
+def is_xla_cpu_collective_abort(stderr: str) -> bool:
+  """The process ended because XLA:CPU's in-process rendezvous waited past its terminate timeout."""
+  return _ABORT.search(stderr) is not None
+
+
+def _abort_lines(stderr: str) -> str:
+  return " | ".join(m.group(0)[:200] for m in _ABORT.finditer(stderr))
+
+
 def test_videor4_7b_recipe_runs_every_stage_on_8_devices(tmp_path, qwen_tokenizer_dir):
   ckpt = make_real_format_checkpoint(str(tmp_path / "Qwen2.5-VL-tiny"), qwen_tokenizer_dir)
   data_dir = build_real_format_data(tmp_path)
@@ -41,12 +57,15 @@ def test_videor4_7b_recipe_runs_every_stage_on_8_devices(tmp_path, qwen_tokenize
     flags[f"stages.{stage}.steps"], flags[f"stages.{stage}.batch_size"] = 2, 8
   cmd = [sys.executable, "train.py", "--config", "configs/videor4_7b.py", "--workdir", str(tmp_path / "run")]
   cmd += [f"--config.{k}={v}" for k, v in flags.items()]
-  # 8 CPU devices on 2 cores: a device can reach an all-gather long after the other 7, and XLA:CPU aborts the
-  # process when one is later than its terminate timeout (seen twice in the suite at RL_c: "7 of them arrived on
-  # time"). The run's correctness does not depend on that wait, so the test allows 20 minutes.
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8 "
-                                   "--xla_cpu_collective_call_terminate_timeout_seconds=1200")
+                                   f"--xla_cpu_collective_call_terminate_timeout_seconds={COLLECTIVE_TIMEOUT_S}")
   r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3000)
+  if r.returncode != 0 and is_xla_cpu_collective_abort(r.stderr):
+    # XLA:CPU's in-process collectives, 8 devices on 2 cores: one device can reach a collective that the other 7
+    # are not in, and never come (docs/DESIGN.md, "8 CPU devices"). The same command resumes from the workdir's
+    # newest checkpoint, as after a preemption; a deadlock our program caused would come back at the same step.
+    print("XLA:CPU collective abort, resuming:", _abort_lines(r.stderr), file=sys.stderr)
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3000)
   assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
   with open(tmp_path / "run" / "report.json") as f:
     report = json.load(f)
@@ -66,3 +85,23 @@ def test_videor4_7b_recipe_runs_every_stage_on_8_devices(tmp_path, qwen_tokenize
     assert json.load(f)["text_config"]["vocab_size"] == 151936
   with open(final / "tokenizer.json") as a, open(os.path.join(ckpt, "tokenizer.json")) as b:
     assert json.load(a) == json.load(b)                                  # the checkpoint's own tokenizer
+
+
+# XLA:CPU's abort as CI printed it (stop 29), and errors that must not be taken for it.
+_CI_ABORT = (
+    "F1203 12:51:59.805540   14247 rendezvous.cc:161] [id=3] Termination timeout for `all gather RendezvousKey{"
+    "run_id=RunId: -23391235, global_devices=[0, 1, 2, 3, 4, 5, 6, 7], num_local_participants=8, "
+    "collective_op_kind=cross_module, op_id=141}` of 1200 seconds exceeded. Exiting to ensure a consistent program "
+    "state. Expected 8 threads to join the rendezvous, but only 7 of them arrived on time.\n")
+
+
+@pytest.mark.parametrize("stderr,abort", [
+    (_CI_ABORT, True),
+    (_CI_ABORT.replace("all gather", "all reduce").replace("7 of them", "1 of them"), True),
+    ("E1203 rendezvous.cc:98] This thread has been waiting for `all gather ...` for 20 seconds and may be stuck. "
+     "Expected 8 threads to join the rendezvous, but not all of them arrived on time.", False),   # a warning only
+    ("Traceback ...\nValueError: config.rollout.max_steps=0 must be >= 1\n", False),
+    ("jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory", False),
+])
+def test_only_xla_cpu_collective_aborts_are_resumed(stderr, abort):
+  assert is_xla_cpu_collective_abort(stderr) is abort
