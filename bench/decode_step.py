@@ -41,8 +41,9 @@ from videor4_jax.model import vlm  # noqa: E402
 from videor4_jax.processing.tokenizer import Tokenizer  # noqa: E402
 
 
-def time_decode(config, params, S, rows, prefill=32, tokens=24, repeats=5):
-  """ms per decode token at cache length S (K = min(tokens, S - prefill) tokens per timed call)."""
+def decode_fns(config, params, S, rows, prefill=32, tokens=24):
+  """(prefill_fn(params) -> (h, cache), decode_fn(params, h, cache) -> (h, cache), K): a prompt of `prefill` random
+  tokens into a cache of S slots, then a jitted `fori_loop` of K = min(tokens, S - prefill) one-token decodes."""
   K = min(tokens, S - prefill)
   ids = jax.random.randint(jax.random.key(0), (rows, prefill), 10, 200)
   pos = jnp.broadcast_to(jnp.arange(prefill)[None, None], (3, rows, prefill))
@@ -70,13 +71,22 @@ def time_decode(config, params, S, rows, prefill=32, tokens=24, repeats=5):
       return h[:, 0], cache
     return jax.lax.fori_loop(0, K, body, (h_bd, cache))
 
+  return prefill_fn, decode_fn, K
+
+
+def decode_token_ms(prefill_fn, decode_fn, params, K) -> float:
+  """One timed call: ms per token of K decodes (the prefill before it untimed)."""
+  h, cache = jax.block_until_ready(prefill_fn(params))
+  t0 = time.perf_counter()
+  jax.block_until_ready(decode_fn(params, h, cache))
+  return (time.perf_counter() - t0) / K * 1e3
+
+
+def time_decode(config, params, S, rows, prefill=32, tokens=24, repeats=5):
+  """ms per decode token at cache length S (median of `repeats` timed calls, after one untimed)."""
+  prefill_fn, decode_fn, K = decode_fns(config, params, S, rows, prefill, tokens)
   jax.block_until_ready(decode_fn(params, *prefill_fn(params)))
-  runs = []
-  for _ in range(repeats):
-    h, cache = jax.block_until_ready(prefill_fn(params))
-    t0 = time.perf_counter()
-    jax.block_until_ready(decode_fn(params, h, cache))
-    runs.append((time.perf_counter() - t0) / K * 1e3)
+  runs = [decode_token_ms(prefill_fn, decode_fn, params, K) for _ in range(repeats)]
   return float(np.median(runs)), [round(r, 2) for r in runs]
 
 
