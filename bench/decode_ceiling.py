@@ -3,7 +3,7 @@
   python bench/decode_ceiling.py [--model full|quick] [--rows 1] [--cache 320] [--runs 7] [--threads N] [--out ...]
 
 `bench/decode_step.py` relates a decode token to the read bandwidth of one long streaming read. A decode token
-does not read its weights that way: it reads ~112 separate matrices (7 per layer, then the LM head), each through
+does not read its weights that way: it reads 113 separate matrices (7 per layer, then the LM head), each through
 a matrix-vector product. This bench times, alternating run by run (ABAB..., `--runs` each, same threads):
 
   decode       the decode step of the CPU setting (`vlm.cpu_setting`), one token, `--rows` rows, cache `--cache`
@@ -11,7 +11,11 @@ a matrix-vector product. This bench times, alternating run by run (ABAB..., `--r
   xla_gemv     only the step's matrix-vector products: one row vector through every decoder kernel and the LM
                head (`vlm.logits`), in layer order, chained so that none can be skipped or reordered; one jitted
                program, K times in a fori_loop. No attention, norms, rope, cache writes or sampling.
+  xla_gemv_fused  the same bytes as 4 products per layer (q|k|v and gate|up concatenated), as a fused-weight
+               layout would read them.
   torch_gemv   the same products in PyTorch on the same weights (`x @ W`, K times; no autograd).
+  hf_decode    HF transformers' Qwen2.5-VL on the same weights: one-token forwards with its KV cache after the
+               same prompt length, `--rows` rows (the per-token cost that HF's rollout pays in `generate`).
   read_probe   `decode_step.read_bandwidth` on a buffer of the same byte count (the roofline decode_step uses).
 
 Bytes = the matrices read (decoder kernels + LM head, float32). Each side's GB/s = bytes / its per-token time.
@@ -28,16 +32,20 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 
-def kernels_in_layer_order(params) -> list:
-  """The decoder's dense kernels as 2-D `[in, out]` arrays, layer 0 first (the unrolled params' `layers_<i>`)."""
-  import jax
+def kernels_in_layer_order(params, fused: bool = False) -> list:
+  """The decoder's dense kernels as `[in, out]` arrays, layer 0 first, in the order a layer uses them (q, k, v, o,
+  gate, up, down). fused: q|k|v and gate|up concatenated along `out` (4 products per layer instead of 7)."""
+  import jax.numpy as jnp
   dec = params["params"]["decoder"]
   layers = sorted((k for k in dec if k.startswith("layers_")), key=lambda k: int(k.split("_")[1]))
   out = []
   for name in layers:
-    for x in jax.tree.leaves(dec[name]):
-      if x.ndim >= 2:
-        out.append(x.reshape(x.shape[0], -1))
+    p = dec[name]
+    q, k, v, o = (p[n]["kernel"].reshape(p[n]["kernel"].shape[0], -1) for n in ("q_proj", "k_proj", "v_proj",
+                                                                               "o_proj"))
+    gate, up, down = (p["mlp"][n]["kernel"] for n in ("gate_proj", "up_proj", "down_proj"))
+    out += ([jnp.concatenate([q, k, v], 1), o, jnp.concatenate([gate, up], 1), down] if fused
+            else [q, k, v, o, gate, up, down])
   return out
 
 
@@ -75,6 +83,29 @@ def torch_gemv_fn(kernels, head, K):
   return run
 
 
+def hf_decode_fn(config, params, rows, K, prefill=32):
+  """HF Qwen2.5-VL on the same weights (saved with `save_pretrained`): a `prefill`-token prompt (untimed), then K
+  greedy one-token forwards with its KV cache; returns ms per token."""
+  import tempfile
+  import torch
+  from transformers import Qwen2_5_VLForConditionalGeneration
+  from videor4_jax import save_pretrained
+  with tempfile.TemporaryDirectory() as d:
+    save_pretrained(d, config, params)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(d, dtype=torch.float32).eval()
+  ids = torch.randint(10, 200, (rows, prefill), generator=torch.Generator().manual_seed(0))
+
+  def run():
+    with torch.no_grad():
+      out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+      t0 = time.perf_counter()
+      for _ in range(K):
+        tok = out.logits[:, -1].argmax(-1, keepdim=True)
+        out = model(input_ids=tok, cache=out.cache, use_cache=True, logits_to_keep=1)
+      return (time.perf_counter() - t0) / K * 1e3
+  return run
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--model", choices=("full", "quick"), default="full")
@@ -101,8 +132,11 @@ def main():
   nbytes = 4 * (sum(w.size for w in kernels) + head.size)
   prefill_fn, decode_fn, K = decode_fns(config, params, args.cache, args.rows)
   xla_gemv, torch_gemv = xla_gemv_fn(config, params, kernels, K), torch_gemv_fn(kernels, head, K)
+  xla_fused = xla_gemv_fn(config, params, kernels_in_layer_order(params, fused=True), K)
   per_token = {"decode": lambda: decode_token_ms(prefill_fn, decode_fn, params, K),
+               "hf_decode": hf_decode_fn(config, params, args.rows, K),
                "xla_gemv": lambda: common.timed(xla_gemv)[0] / K * 1e3,
+               "xla_gemv_fused": lambda: common.timed(xla_fused)[0] / K * 1e3,
                "torch_gemv": lambda: common.timed(torch_gemv)[0] / K * 1e3,
                "read_probe": lambda: nbytes / read_bandwidth(max(1, round(nbytes / 2 ** 20)), repeats=3) * 1e3}
   for fn in per_token.values():      # compile / warm up, untimed
@@ -120,12 +154,14 @@ def main():
              decode_vs_gemv=round(ms["xla_gemv"] / ms["decode"], 3),
              gemv_vs_probe=round(gbs["xla_gemv"] / gbs["read_probe"], 3),
              torch_gemv_vs_probe=round(gbs["torch_gemv"] / gbs["read_probe"], 3),
+             fused_vs_gemv=round(ms["xla_gemv"] / ms["xla_gemv_fused"], 3),
+             decode_ours_vs_hf=round(ms["hf_decode"] / ms["decode"], 3),
              decode_vs_probe=round(gbs["decode"] / gbs["read_probe"], 3))
   res["machine"] = common.machine(threads, load_before=load_before, load_after=common.loadavg())
   out = common.write_json(res, f"decode_ceiling{'' if args.model == 'full' else '_quick'}.json", args.out)
   for k in per_token:
     print(f"{k:11s} {ms[k]:7.2f} ms/token  {gbs[k]:5.1f} GB/s  {[round(x, 2) for x in runs[k]]}")
-  print(f"{nbytes / 1e6:.1f} MB of matrices per token; decode reaches {100 * res['decode_vs_probe']:.0f}% of the "
+  print(f"decode ours/HF {res['decode_ours_vs_hf']:.2f}x; {nbytes / 1e6:.1f} MB of matrices per token; decode reaches {100 * res['decode_vs_probe']:.0f}% of the "
         f"probe, its GEMVs alone {100 * res['gemv_vs_probe']:.0f}% (torch's {100 * res['torch_gemv_vs_probe']:.0f}%); "
         f"the step's other work leaves decode at {100 * res['decode_vs_gemv']:.0f}% of its GEMVs' time. Wrote {out}")
   return res

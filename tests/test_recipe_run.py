@@ -49,6 +49,7 @@ def _abort_lines(stderr: str) -> str:
   return " | ".join(m.group(0)[:200] for m in _ABORT.finditer(stderr))
 
 
+@pytest.mark.slow   # 6.5 min; the default suite compiles this config's functions (test_recipe.py) and runs sharded steps
 def test_videor4_7b_recipe_runs_every_stage_on_8_devices(tmp_path, qwen_tokenizer_dir):
   ckpt = make_real_format_checkpoint(str(tmp_path / "Qwen2.5-VL-tiny"), qwen_tokenizer_dir)
   data_dir = build_real_format_data(tmp_path)
