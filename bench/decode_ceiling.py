@@ -4,12 +4,13 @@
 
 `bench/decode_step.py` relates a decode token to the read bandwidth of one long streaming read. A decode token
 does not read its weights that way: it reads 113 separate matrices (7 per layer, then the LM head), each through
-a matrix-vector product. This bench times, alternating run by run (ABAB..., `--runs` each, same threads):
+a matrix-vector product (a matrix product of `--rows` rows). This bench times, alternating run by run (ABAB...,
+`--runs` each, same threads):
 
   decode       the decode step of the CPU setting (`vlm.cpu_setting`), one token, `--rows` rows, cache `--cache`
                (`decode_step.decode_fns`: K tokens in one jitted loop, per-token time).
-  xla_gemv     only the step's matrix-vector products: one row vector through every decoder kernel and the LM
-               head (`vlm.logits`), in layer order, chained so that none can be skipped or reordered; one jitted
+  xla_gemv     only the step's matrix products: `--rows` rows through every decoder kernel and the LM head
+               (`vlm.logits`), in layer order (matrix-vector products at one row), chained so that none can be skipped or reordered; one jitted
                program, K times in a fori_loop. No attention, norms, rope, cache writes or sampling.
   xla_gemv_fused  the same bytes as 4 products per layer (q|k|v and gate|up concatenated), as a fused-weight
                layout would read them.
@@ -49,7 +50,7 @@ def kernels_in_layer_order(params, fused: bool = False) -> list:
   return out
 
 
-def xla_gemv_fn(config, params, kernels, K):
+def xla_gemv_fn(config, params, kernels, K, rows):
   """A jitted program of K rounds of the chained matrix-vector products (decoder kernels, then the LM head)."""
   import jax
   import jax.numpy as jnp
@@ -59,14 +60,14 @@ def xla_gemv_fn(config, params, kernels, K):
   def run(params, kernels, c):
     def one(_, acc):
       for w in kernels:
-        acc = acc + (jnp.full((1, w.shape[0]), acc, w.dtype) @ w).sum() * 1e-9
-      return acc + vlm.logits(config, params, jnp.full((1, config.text.hidden_size), acc)).sum() * 1e-9
+        acc = acc + (jnp.full((rows, w.shape[0]), acc, w.dtype) @ w).sum() * 1e-9
+      return acc + vlm.logits(config, params, jnp.full((rows, config.text.hidden_size), acc)).sum() * 1e-9
     return jax.lax.fori_loop(0, K, one, c)
 
   return lambda: jax.block_until_ready(run(params, kernels, jnp.float32(1.0)))
 
 
-def torch_gemv_fn(kernels, head, K):
+def torch_gemv_fn(kernels, head, K, rows):
   import numpy as np
   import torch
   ws = [torch.from_numpy(np.array(w)) for w in kernels]
@@ -77,8 +78,8 @@ def torch_gemv_fn(kernels, head, K):
       acc = 1.0
       for _ in range(K):
         for w in ws:
-          acc = acc + float((torch.full((1, w.shape[0]), acc) @ w).sum()) * 1e-9
-        acc = acc + float((torch.full((1, head_t.shape[0]), acc) @ head_t).sum()) * 1e-9
+          acc = acc + float((torch.full((rows, w.shape[0]), acc) @ w).sum()) * 1e-9
+        acc = acc + float((torch.full((rows, head_t.shape[0]), acc) @ head_t).sum()) * 1e-9
     return acc
   return run
 
@@ -131,8 +132,9 @@ def main():
           else params["params"]["lm_head"]["kernel"].T)
   nbytes = 4 * (sum(w.size for w in kernels) + head.size)
   prefill_fn, decode_fn, K = decode_fns(config, params, args.cache, args.rows)
-  xla_gemv, torch_gemv = xla_gemv_fn(config, params, kernels, K), torch_gemv_fn(kernels, head, K)
-  xla_fused = xla_gemv_fn(config, params, kernels_in_layer_order(params, fused=True), K)
+  xla_gemv = xla_gemv_fn(config, params, kernels, K, args.rows)
+  torch_gemv = torch_gemv_fn(kernels, head, K, args.rows)
+  xla_fused = xla_gemv_fn(config, params, kernels_in_layer_order(params, fused=True), K, args.rows)
   per_token = {"decode": lambda: decode_token_ms(prefill_fn, decode_fn, params, K),
                "hf_decode": hf_decode_fn(config, params, args.rows, K),
                "xla_gemv": lambda: common.timed(xla_gemv)[0] / K * 1e3,
