@@ -398,10 +398,9 @@ def parse_args(argv=None):
   ap.add_argument("--runs", "--repeats", dest="runs", type=int, default=5,
                   help="timed runs per implementation, alternated ABC ABC ... (median and spread)")
   ap.add_argument("--threads", type=int, default=None, help="threads for XLA and torch alike (default: all CPUs)")
-  ap.add_argument("--layers", choices=("scanned", "unrolled", "fused"), default="scanned",
-                  help="ours (both sides): scanned decoder layers (the default config), the CPU setting "
-                       "(vlm.cpu_setting: unrolled layers, cpu_layouts) or it with fused q|k|v and gate|up kernels "
-                       "(cpu_setting(fused_projections=True)); HF is the same either way")
+  ap.add_argument("--layers", choices=("scanned", "unrolled"), default="scanned",
+                  help="ours (both sides): scanned decoder layers (the default config) or the CPU setting "
+                       "(vlm.cpu_setting: unrolled layers, cpu_layouts); HF is the same either way")
   ap.add_argument("--out", default=None, help="result JSON (default bench/results/rollout[_quick|_paper].json)")
   return ap.parse_args(argv)
 
@@ -418,11 +417,10 @@ def main(argv=None):
   tok, config, params, prompts, env, cfg = setup(args.shape)
   G = cfg["G"]
   ours_config, ours_params, ours_env = config, params, env
-  if args.layers != "scanned":    # HF keeps the scanned config and params it is saved from
-    ours_config, ours_params = vlm.cpu_setting(config, params, fused_projections=args.layers == "fused")
+  if args.layers == "unrolled":    # HF keeps the scanned config and params it is saved from
+    ours_config, ours_params = vlm.cpu_setting(config, params)
     ours_env = make_env(ours_config, env.rollout, tok, cfg["frames"])
-  cfg.update(runs=args.runs, threads=threads, layers=args.layers, cpu_layouts=ours_config.cpu_layouts,
-             fused_projections=ours_config.fused_projections)
+  cfg.update(runs=args.runs, threads=threads, layers=args.layers, cpu_layouts=ours_config.cpu_layouts)
   rep = {k: np.repeat(v, G, axis=0) for k, v in prompts.items()}     # the rollout's row order (b*G + g)
   res = {"config": cfg}
   sides, info, rows = {}, {}, {}
@@ -467,7 +465,7 @@ def main(argv=None):
       transformers=transformers.__version__,
       note=f"median of {args.runs} timed runs per implementation, alternated run by run after an untimed run each; "
            f"the machine may be shared (see loadavg_before / loadavg_after)")
-  name = OUT_NAMES[args.shape].replace(".json", ".json" if args.layers == "scanned" else f"_{args.layers}.json")
+  name = OUT_NAMES[args.shape].replace(".json", "_unrolled.json" if args.layers == "unrolled" else ".json")
   out = common.write_json(res, name, args.out)
   print(f"wrote {out}")
   print(json.dumps(res["identical_rows"]))

@@ -68,9 +68,7 @@ def layout(c) -> str:
   """How a JSON's model was laid out: the scanned default, or the CPU setting (vlm.cpu_setting)."""
   if c.get("layers", "scanned") == "scanned":
     return "scanned layers"
-  if not c.get("cpu_layouts"):
-    return "unrolled layers"
-  return "CPU setting: unrolled, CPU layouts" + (", fused projections" if c.get("fused_projections") else "")
+  return "CPU setting: unrolled, CPU layouts" if c.get("cpu_layouts") else "unrolled layers"
 
 
 def fmt_train(r, size):

@@ -49,14 +49,13 @@ def test_greedy_generation_with_cache_equals_hf_generate(ckpt):
   np.testing.assert_array_equal(np.array(out), ref)
 
 
-@pytest.mark.parametrize("setting", ["default", "cpu", "cpu_fused"])
+@pytest.mark.parametrize("setting", ["default", "cpu"])
 def test_cached_decode_equals_full_recompute_with_per_row_offsets(ckpt, setting):
   """Rows appended at different slots (as in the rollout) give the same logits as a no-cache forward; also in the
-  CPU setting (vlm.cpu_setting: unrolled layers, dense layers on flat token rows; with and without fused
-  q|k|v and gate|up kernels), which the rollout benches run."""
+  CPU setting (vlm.cpu_setting: unrolled layers, dense layers on flat token rows), which the rollout benches run."""
   _, _, config, params = ckpt
-  if setting != "default":
-    config, params = vlm.cpu_setting(config, params, fused_projections=setting == "cpu_fused")
+  if setting == "cpu":
+    config, params = vlm.cpu_setting(config, params)
   rng = np.random.default_rng(5)
   lens = [7, 11]
   total = 16

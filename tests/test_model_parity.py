@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import videor4_jax
 from hf_tiny import make_tiny_hf_checkpoint, random_patches
-from videor4_jax.convert.hf import load_params, save_pretrained
 from videor4_jax.model import rope_index, vlm
 from videor4_jax.model.text import DecoderLayer, mrope_cos_sin
 from videor4_jax.model.vision import PatchMerger
@@ -218,44 +217,6 @@ def test_cpu_setting_matches_hf_and_the_scanned_layout(pair, name):
     assert np.abs(ours - ours_scanned)[valid].max() <= 1e-5
   with pytest.raises(ValueError, match="no stacked 'layers'"):
     vlm.unstack_layers(config, relaid)
-  # fused_projections (q|k|v and gate|up concatenated), unrolled in the CPU setting and scanned alike
-  for fused_config, fused in (vlm.cpu_setting(config, params, fused_projections=True),
-                              vlm.fuse_projections(config, params)):
-    node = fused["params"]["decoder"]["layers_0" if not fused_config.scan_layers else "layers"]
-    assert "qkv_proj" in node and "q_proj" not in node and "gate_up_proj" in node["mlp"]
-    ours = np.asarray(jax.jit(lambda p, *a: videor4_jax.forward(fused_config, p, *a))(fused, *args))
-    assert np.abs(ours - ref)[valid].max() <= LOGIT_TOL
-    assert np.abs(ours - ours_scanned)[valid].max() <= 1e-5
-  split_config, split = vlm.split_projections(*vlm.cpu_setting(config, params, fused_projections=True))
-  assert split_config == cpu
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), split, relaid)
-
-
-def load_tensor(hf_dir: str, name: str) -> np.ndarray:
-  """One tensor of an HF directory (sharded with an index, or one model.safetensors)."""
-  import json
-  import os
-  from safetensors import safe_open
-  index = os.path.join(hf_dir, "model.safetensors.index.json")
-  file = json.load(open(index))["weight_map"][name] if os.path.exists(index) else "model.safetensors"
-  with safe_open(os.path.join(hf_dir, file), "np") as f:
-    return f.get_tensor(name)
-
-
-def test_fused_projections_convert_to_and_from_hf_layout(pair, tmp_path):
-  """save_pretrained of fused params writes HF's separate q/k/v and gate/up tensors (the same file as unfused
-  params give), and load_params with fused_projections reads them back concatenated."""
-  _, config, params = pair
-  fused_config, fused = vlm.fuse_projections(config, params)
-  save_pretrained(str(tmp_path / "plain"), config, params)
-  save_pretrained(str(tmp_path / "fused"), fused_config, fused)
-  for name in ("model.layers.0.self_attn.k_proj.bias", "model.layers.1.mlp.up_proj.weight"):
-    a, b = (load_tensor(str(tmp_path / d), name) for d in ("plain", "fused"))
-    np.testing.assert_array_equal(a, b)
-  back = load_params(str(tmp_path / "fused"), fused_config)
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), back, fused)
-  with pytest.raises(ValueError, match="single-host CPU layout"):
-    load_params(str(tmp_path / "fused"), fused_config, shardings=object())
 
 
 @pytest.mark.parametrize("name,q_chunk", [("long_mixed", 96), ("left_padded", 8)])

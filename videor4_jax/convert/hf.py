@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from videor4_jax.model.config import ModelConfig, TextConfig, VisionConfig
-from videor4_jax.model.vlm import fuse_projections, init_params, split_projections
+from videor4_jax.model.vlm import init_params
 
 # (flax path under params, HF tensor name, transform, stack). stack: "text" / "vision" per-layer tensors that the
 # scanned model holds stacked on a leading layer axis; "{i}" in the HF name is the layer index.
@@ -244,12 +244,6 @@ def load_params(path: str, config: ModelConfig, dtype=jnp.float32, shardings=Non
   """
   import contextlib
   from collections import defaultdict
-  if config.fused_projections:     # HF stores q/k/v and gate/up apart: read them so, then concatenate
-    if shardings is not None:
-      raise ValueError("load_params: config.fused_projections is a single-host CPU layout; load with "
-                       "fused_projections=False and shard that, or call vlm.fuse_projections on the result")
-    return fuse_projections(config.replace(fused_projections=False),
-                            load_params(path, config.replace(fused_projections=False), dtype))[1]
   files = _tensor_files(path)
   expected = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))["params"]
   rows = defaultdict(list)
@@ -339,7 +333,6 @@ def save_pretrained(path: str, config: ModelConfig, params, *, processor=None, d
   """
   import shutil
   from videor4_jax.processing.processor import write_json
-  config, params = split_projections(config, params)     # HF's layout keeps q/k/v and gate/up apart
   dtype = jnp.dtype(dtype or config.param_dtype)
   p = params["params"] if "params" in params else params
   out = {}

@@ -17,7 +17,7 @@ from videor4_jax.processing import chat
 from videor4_jax.processing.processor import Processor
 
 JAX_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", "initializer_range", "attention_q_chunk",
-              "cpu_layouts", "fused_projections")
+              "cpu_layouts")
 
 
 class ConfigMismatch(ValueError):

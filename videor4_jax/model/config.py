@@ -98,10 +98,6 @@ class ModelConfig:
                                  # transposing copy of each activation) and attention dots with batch axes leading
                                  # (model/layers.masked_attention). vlm.cpu_setting; docs/BENCHMARKS.md. Off for
                                  # TPU, whose sharding rules name the [B, T, D] axes.
-  fused_projections: bool = False  # the decoder's q|k|v and gate|up kernels stored concatenated (`qkv_proj`,
-                                 # `mlp/gate_up_proj`): 4 matrix products per layer instead of 7, 13-19% faster for
-                                 # a 16-row decode step on XLA:CPU, ~10% slower at one row (bench/decode_ceiling.py).
-                                 # vlm.fuse_projections / split_projections convert; HF conversion splits them.
 
   def __post_init__(self):
     if self.vision.out_hidden_size != self.text.hidden_size:

@@ -53,7 +53,7 @@ class RMSNorm(nn.Module):
 
 
 class SwiGLU(nn.Module):
-  """down(silu(gate(x)) * up(x)); `fused`: gate and up as the two halves of one product."""
+  """down(silu(gate(x)) * up(x))."""
   hidden: int
   intermediate: int
   use_bias: bool
@@ -61,16 +61,11 @@ class SwiGLU(nn.Module):
   param_dtype: Dtype = jnp.float32
   init_std: float = 0.02
 
-  fused: bool = False     # one `gate_up_proj` kernel [hidden, 2 * intermediate] (ModelConfig.fused_projections)
-
   @nn.compact
   def __call__(self, x):
     kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype, init_std=self.init_std)
-    if self.fused:
-      gate, up = jnp.split(dense(2 * self.intermediate, ("embed", "mlp"), name="gate_up_proj", **kw)(x), 2, axis=-1)
-    else:
-      gate = dense(self.intermediate, ("embed", "mlp"), name="gate_proj", **kw)(x)
-      up = dense(self.intermediate, ("embed", "mlp"), name="up_proj", **kw)(x)
+    gate = dense(self.intermediate, ("embed", "mlp"), name="gate_proj", **kw)(x)
+    up = dense(self.intermediate, ("embed", "mlp"), name="up_proj", **kw)(x)
     h = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp")) if x.ndim == 3 else jax.nn.silu(gate) * up
     return dense(self.hidden, ("mlp", "embed"), name="down_proj", **kw)(h)
 

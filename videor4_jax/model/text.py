@@ -123,14 +123,9 @@ class DecoderLayer(nn.Module):
     token_rows = (lambda a: a.reshape(b * n, a.shape[-1])) if c.cpu_layouts else (lambda a: a)  # cpu_layouts
     h = token_rows(RMSNorm(t.rms_norm_eps, dtype=dtype, param_dtype=pdt, name="input_layernorm")(x_btd))
     kw = dict(dtype=dtype, param_dtype=pdt, init_std=c.initializer_range)
-    nq, nkv = t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
-    if c.fused_projections:     # one product, split (ModelConfig.fused_projections)
-      q, k, v = jnp.split(dense(nq + 2 * nkv, ("embed", "q_heads"), use_bias=True, name="qkv_proj", **kw)(h),
-                          (nq, nq + nkv), axis=-1)
-    else:
-      q = dense(nq, ("embed", "q_heads"), use_bias=True, name="q_proj", **kw)(h)
-      k = dense(nkv, ("embed", "kv_heads"), use_bias=True, name="k_proj", **kw)(h)
-      v = dense(nkv, ("embed", "kv_heads"), use_bias=True, name="v_proj", **kw)(h)
+    q = dense(t.num_attention_heads * t.head_dim, ("embed", "q_heads"), use_bias=True, name="q_proj", **kw)(h)
+    k = dense(t.num_key_value_heads * t.head_dim, ("embed", "kv_heads"), use_bias=True, name="k_proj", **kw)(h)
+    v = dense(t.num_key_value_heads * t.head_dim, ("embed", "kv_heads"), use_bias=True, name="v_proj", **kw)(h)
     q = constrain(q.reshape(b, n, t.num_attention_heads, t.head_dim), ("batch", "length", "q_heads", None))
     k = constrain(k.reshape(b, n, t.num_key_value_heads, t.head_dim), ("batch", "length", "kv_heads", None))
     v = constrain(v.reshape(b, n, t.num_key_value_heads, t.head_dim), ("batch", "length", "kv_heads", None))
@@ -148,8 +143,7 @@ class DecoderLayer(nn.Module):
     o = dense(t.hidden_size, ("q_heads", "embed"), use_bias=False, name="o_proj", **kw)(token_rows(attn))
     x_btd = x_btd + o.reshape(x_btd.shape)
     h = RMSNorm(t.rms_norm_eps, dtype=dtype, param_dtype=pdt, name="post_attention_layernorm")(x_btd)
-    mlp = SwiGLU(t.hidden_size, t.intermediate_size, use_bias=False, fused=c.fused_projections, name="mlp",
-                 **kw)(token_rows(h))
+    mlp = SwiGLU(t.hidden_size, t.intermediate_size, use_bias=False, name="mlp", **kw)(token_rows(h))
     x_btd = x_btd + mlp.reshape(x_btd.shape)
     x_btd = constrain(x_btd, ("batch", "length", "embed"))
     return (x_btd, cache_kv), None

@@ -191,53 +191,10 @@ def unstack_layers(config: ModelConfig, params):
   return out
 
 
-def _layer_nodes(config: ModelConfig, params) -> list:
-  """The decoder layers' param dicts: one per layer (unrolled) or the one stacked dict (scanned)."""
-  dec = params["params"]["decoder"]
-  if config.scan_layers:
-    return [dec["layers"]]
-  return [dec[f"layers_{i}"] for i in range(config.text.num_hidden_layers)]
-
-
-def fuse_projections(config: ModelConfig, params):
-  """(config, params) with `fused_projections`: each decoder layer's q, k, v kernels and biases concatenated into
-  `qkv_proj` and the MLP's gate and up kernels into `mlp/gate_up_proj` (along the output axis). The same
-  weights; `split_projections` inverts it."""
-  if config.fused_projections:
-    raise ValueError("fuse_projections: config.fused_projections is already True")
-  out = jax.tree.map(lambda x: x, params)
-  for node in _layer_nodes(config, out):
-    qkv = [node.pop(n) for n in ("q_proj", "k_proj", "v_proj")]
-    node["qkv_proj"] = {k: jnp.concatenate([p[k] for p in qkv], -1) for k in ("kernel", "bias")}
-    mlp = node["mlp"]
-    mlp["gate_up_proj"] = {"kernel": jnp.concatenate([mlp.pop("gate_proj")["kernel"], mlp.pop("up_proj")["kernel"]],
-                                                     -1)}
-  return config.replace(fused_projections=True), out
-
-
-def split_projections(config: ModelConfig, params):
-  """The inverse of `fuse_projections`: (config without `fused_projections`, params with q/k/v and gate/up apart)."""
-  if not config.fused_projections:
-    return config, params
-  t = config.text
-  nq, nkv = t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
-  out = jax.tree.map(lambda x: x, params)
-  for node in _layer_nodes(config, out):
-    qkv = node.pop("qkv_proj")
-    parts = {k: jnp.split(qkv[k], (nq, nq + nkv), axis=-1) for k in ("kernel", "bias")}
-    for i, n in enumerate(("q_proj", "k_proj", "v_proj")):
-      node[n] = {k: parts[k][i] for k in ("kernel", "bias")}
-    gate, up = jnp.split(node["mlp"].pop("gate_up_proj")["kernel"], 2, axis=-1)
-    node["mlp"]["gate_proj"], node["mlp"]["up_proj"] = {"kernel": gate}, {"kernel": up}
-  return config.replace(fused_projections=False), out
-
-
-def cpu_setting(config: ModelConfig, params, *, fused_projections: bool = False):
+def cpu_setting(config: ModelConfig, params):
   """(config, params) in the layout XLA:CPU runs fastest, the same weights and math: unrolled layers
   (`unstack_layers`: no per-layer copy of the weights out of the stack) and `ModelConfig.cpu_layouts` (the
   decoder's dense layers on flat token rows: no transposing copy per weight gradient; attention dots with batch
-  axes leading). `fused_projections`: also `fuse_projections` (faster for a many-row decode, slower at one row).
-  The TPU path keeps the scanned, `[B, T, D]` default. Measured in bench/train_step.py, bench/rollout.py and
-  bench/decode_ceiling.py (docs/BENCHMARKS.md)."""
-  config, params = config.replace(scan_layers=False, cpu_layouts=True), unstack_layers(config, params)
-  return fuse_projections(config, params) if fused_projections else (config, params)
+  axes leading). The TPU path keeps the scanned, `[B, T, D]` default. Measured in bench/train_step.py and
+  bench/rollout.py (docs/BENCHMARKS.md)."""
+  return config.replace(scan_layers=False, cpu_layouts=True), unstack_layers(config, params)
