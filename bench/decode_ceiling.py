@@ -10,8 +10,9 @@ a matrix-vector product (a matrix product of `--rows` rows). This bench times, a
   decode       the decode step of the CPU setting (`vlm.cpu_setting`), one token, `--rows` rows, cache `--cache`
                (`decode_step.decode_fns`: K tokens in one jitted loop, per-token time).
   xla_gemv     only the step's matrix products: `--rows` rows through every decoder kernel and the LM head
-               (`vlm.logits`), in layer order (matrix-vector products at one row), chained so that none can be skipped or reordered; one jitted
-               program, K times in a fori_loop. No attention, norms, rope, cache writes or sampling.
+               (`vlm.logits`), in layer order (matrix-vector products at one row), chained so that none can be
+               skipped or reordered; one jitted program, K times in a fori_loop. No attention, norms, rope, cache
+               writes or sampling.
   xla_gemv_fused  the same bytes as 4 products per layer (q|k|v and gate|up concatenated), as a fused-weight
                layout would read them.
   torch_gemv   the same products in PyTorch on the same weights (`x @ W`, K times; no autograd).
@@ -67,11 +68,10 @@ def xla_gemv_fn(config, params, kernels, K, rows):
   return lambda: jax.block_until_ready(run(params, kernels, jnp.float32(1.0)))
 
 
-def torch_gemv_fn(kernels, head, K, rows):
+def torch_gemv_fn(kernels, head_dv, K, rows):
   import numpy as np
   import torch
-  ws = [torch.from_numpy(np.array(w)) for w in kernels]
-  head_t = torch.from_numpy(np.array(head)).T.contiguous()      # [D, V]: the head as x @ W, like the kernels
+  ws = [torch.from_numpy(np.array(w)) for w in kernels + [head_dv]]    # the head last, as x @ W like the kernels
 
   def run():
     with torch.no_grad():
@@ -79,7 +79,6 @@ def torch_gemv_fn(kernels, head, K, rows):
       for _ in range(K):
         for w in ws:
           acc = acc + float((torch.full((rows, w.shape[0]), acc) @ w).sum()) * 1e-9
-        acc = acc + float((torch.full((rows, head_t.shape[0]), acc) @ head_t).sum()) * 1e-9
     return acc
   return run
 
@@ -126,14 +125,14 @@ def main():
   from videor4_jax.processing.tokenizer import Tokenizer
 
   s, tok = SETTINGS[args.model], Tokenizer.tiny()
-  config, params = vlm.cpu_setting(*(lambda c: (c, biased_params(c, tok, **s["bias"])))(model_config(tok, s)))
+  config = model_config(tok, s)
+  config, params = vlm.cpu_setting(config, biased_params(config, tok, **s["bias"]))
   kernels = kernels_in_layer_order(params)
-  head = (params["params"]["embed"]["embedding"] if config.tie_word_embeddings       # [V, D]
-          else params["params"]["lm_head"]["kernel"].T)
-  nbytes = 4 * (sum(w.size for w in kernels) + head.size)
+  head_dv = vlm.head_weight(config, params)             # [D, V], tied or not
+  nbytes = 4 * (sum(w.size for w in kernels) + head_dv.size)
   prefill_fn, decode_fn, K = decode_fns(config, params, args.cache, args.rows)
   xla_gemv = xla_gemv_fn(config, params, kernels, K, args.rows)
-  torch_gemv = torch_gemv_fn(kernels, head, K, args.rows)
+  torch_gemv = torch_gemv_fn(kernels, head_dv, K, args.rows)
   xla_fused = xla_gemv_fn(config, params, kernels_in_layer_order(params, fused=True), K, args.rows)
   per_token = {"decode": lambda: decode_token_ms(prefill_fn, decode_fn, params, K),
                "hf_decode": hf_decode_fn(config, params, args.rows, K),
@@ -163,8 +162,9 @@ def main():
   out = common.write_json(res, f"decode_ceiling{'' if args.model == 'full' else '_quick'}.json", args.out)
   for k in per_token:
     print(f"{k:11s} {ms[k]:7.2f} ms/token  {gbs[k]:5.1f} GB/s  {[round(x, 2) for x in runs[k]]}")
-  print(f"decode ours/HF {res['decode_ours_vs_hf']:.2f}x; {nbytes / 1e6:.1f} MB of matrices per token; decode reaches {100 * res['decode_vs_probe']:.0f}% of the "
-        f"probe, its GEMVs alone {100 * res['gemv_vs_probe']:.0f}% (torch's {100 * res['torch_gemv_vs_probe']:.0f}%); "
+  print(f"decode ours/HF {res['decode_ours_vs_hf']:.2f}x; {nbytes / 1e6:.1f} MB of matrices per token; decode "
+        f"reaches {100 * res['decode_vs_probe']:.0f}% of the probe, its GEMVs alone {100 * res['gemv_vs_probe']:.0f}% "
+        f"(torch's {100 * res['torch_gemv_vs_probe']:.0f}%); "
         f"the step's other work leaves decode at {100 * res['decode_vs_gemv']:.0f}% of its GEMVs' time. Wrote {out}")
   return res
 

@@ -36,8 +36,8 @@ SHAPE_FLAGS = {
 
 # A device late by this long is stuck, not slow: every collective of these programs takes milliseconds.
 COLLECTIVE_TIMEOUT_S = 300
-_ABORT = re.compile(r"Termination timeout for `(all[- ]\w+|reduce[- ]scatter|collective[- ]permute)[^`]*` of \d+ seconds "
-                    r"exceeded.*?only \d+ of them arrived on time")
+_ABORT = re.compile(r"Termination timeout for `(all[- ]\w+|reduce[- ]scatter|collective[- ]permute)[^`]*` "
+                    r"of \d+ seconds exceeded.*?only \d+ of them arrived on time")
 
 
 def is_xla_cpu_collective_abort(stderr: str) -> bool:
@@ -61,7 +61,8 @@ def run_resuming_once(cmd, env, timeout=3000) -> subprocess.CompletedProcess:
   return r
 
 
-@pytest.mark.slow   # 6.5 min; the default suite compiles this config's functions (test_recipe.py) and runs sharded steps
+# 6.5 min; the default suite compiles this config's functions (test_recipe.py) and runs sharded steps
+@pytest.mark.slow
 def test_videor4_7b_recipe_runs_every_stage_on_8_devices(tmp_path, qwen_tokenizer_dir):
   ckpt = make_real_format_checkpoint(str(tmp_path / "Qwen2.5-VL-tiny"), qwen_tokenizer_dir)
   data_dir = build_real_format_data(tmp_path)
