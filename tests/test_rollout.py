@@ -414,3 +414,24 @@ def test_work_counts_follow_the_schedule(setup, rollout2, rollout2_uncompacted):
     if k < B:   # the case compacts: some decode iterations and some observation turns ran on fewer than B rows
       assert any(d < B * it for d, it in zip(want["decode_token_rows_r"], want["decode_iterations_r"]))
       assert any(0 < o < B * env.obs_len for o in want["observation_token_rows_r"])
+
+
+def test_cpu_setting_rollout_equals_default(setup, rollout2):
+  """The CPU setting (vlm.cpu_setting: unrolled layers, cpu_layouts, so a head-major `[L, B, Hkv, S, Dh]` KV cache
+  read in place by the batch-major attention dots) changes layouts, not results: the same tokens and actions as
+  the default (scanned, `[L, B, S, Hkv, Dh]`) rollout, log-probs equal to fp32 rounding, through prompt prefill,
+  compacted decode and observation prefill."""
+  tok, config, params, env = setup
+  cpu_config, cpu_params = vlm.cpu_setting(config, params)
+  cpu_env = make_env(cpu_config, env.rollout, tok, NUM_FRAMES)
+  assert vlm.init_cache(cpu_config, 2, 16).k.shape[vlm.cache_slot_axis(cpu_config)] == 16
+  assert vlm.cache_slot_axis(cpu_config) != vlm.cache_slot_axis(config)
+  prompts = make_prompts(tok, config, 4, seed=1)
+  want = rollout2(params, prompts, jax.random.key(1))
+  got = make_rollout_fn(cpu_env, num_generations=2)(cpu_params, prompts, jax.random.key(1))
+  assert np.asarray(got.actions.called).any() and int(np.asarray(got.num_generated).min()) > 0
+  for field in ("tokens", "valid", "loss_mask", "positions", "length", "num_generated", "answered"):
+    np.testing.assert_array_equal(np.asarray(getattr(got, field)), np.asarray(getattr(want, field)), err_msg=field)
+  for a, b in zip(jax.tree.leaves(got.actions), jax.tree.leaves(want.actions)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  np.testing.assert_allclose(np.asarray(got.logp), np.asarray(want.logp), atol=1e-5, rtol=1e-6)

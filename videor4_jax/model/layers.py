@@ -125,15 +125,19 @@ def _attention(q_bqhd, k_bkhd, v_bkhd, mask_bqk, scale):
 
 
 def _attention_batch_major(q_bqhd, k_bkhd, v_bkhd, mask_bqk, scale):
-  """`_attention` with K and V as `[B, Hkv, K, D]` and the query heads of one KV group stacked along M."""
+  return attention_heads_major(q_bqhd, k_bkhd.transpose(0, 2, 1, 3), v_bkhd.transpose(0, 2, 1, 3), mask_bqk, scale)
+
+
+def attention_heads_major(q_bqhd, k_bgkd, v_bgkd, mask_bqk, scale):
+  """`_attention` with K and V given as `[B, Hkv, K, D]` (a head-major KV cache reads as such) and the query heads
+  of one KV group stacked along M: both dots are batched GEMMs with the batch axes leading."""
   b, q_len, h, d = q_bqhd.shape
-  k_len, hkv = k_bkhd.shape[1], k_bkhd.shape[2]
+  hkv, k_len = k_bgkd.shape[1], k_bgkd.shape[2]
   r = h // hkv
   q_bgmd = q_bqhd.reshape(b, q_len, hkv, r, d).transpose(0, 2, 3, 1, 4).reshape(b, hkv, r * q_len, d)
-  k_bgkd, v_bgkd = k_bkhd.transpose(0, 2, 1, 3), v_bkhd.transpose(0, 2, 1, 3)
   scores = jnp.einsum("bgmd,bgkd->bgmk", q_bgmd, k_bgkd, preferred_element_type=jnp.float32) * scale
   scores = scores.reshape(b, hkv, r, q_len, k_len)
   scores = jnp.where(mask_bqk[:, None, None], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v_bkhd.dtype).reshape(b, hkv, r * q_len, k_len)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_bgkd.dtype).reshape(b, hkv, r * q_len, k_len)
   out_bgmd = jnp.einsum("bgmk,bgkd->bgmd", probs, v_bgkd)
   return out_bgmd.reshape(b, hkv, r, q_len, d).transpose(0, 3, 1, 2, 4).reshape(b, q_len, h, d)

@@ -10,6 +10,10 @@ Cost of a cached call (issue 9: a decode token used to cost O(cache_len) copies)
 so the whole cache was copied at every call); each layer writes its new keys/values into the carry in place and
 attends over a bucketed prefix of the slots (`cached_attention`), because reading a layer's whole cache for the
 attention dots meant a transposed copy of all S slots per layer and token.
+
+Under `ModelConfig.cpu_layouts` the cache is head-major, `[L, B, Hkv, S, Dh]`: the layout the batch-major
+attention dots read, so a decode token's keys and values come out of the cache as contiguous `[prefix, Dh]` runs
+per (row, KV head) instead of through a transposing copy of every slot it reads (`cache_slot_axis`).
 """
 from __future__ import annotations
 
@@ -19,20 +23,27 @@ import jax
 import jax.numpy as jnp
 
 from videor4_jax.model.config import ModelConfig
-from videor4_jax.model.layers import RMSNorm, SwiGLU, apply_rotary, constrain, dense, masked_attention
+from videor4_jax.model.layers import (RMSNorm, SwiGLU, apply_rotary, attention_heads_major, constrain, dense,
+                                      masked_attention)
 
 
 @flax.struct.dataclass
 class KVCache:
-  k: jax.Array      # [L, B, S, Hkv, Dh]
-  v: jax.Array      # [L, B, S, Hkv, Dh]
+  k: jax.Array      # [L, B, S, Hkv, Dh]; [L, B, Hkv, S, Dh] under cpu_layouts (cache_slot_axis)
+  v: jax.Array      # as k
   valid: jax.Array  # [B, S] bool: the slot holds a real token
+
+
+def cache_slot_axis(config: ModelConfig) -> int:
+  """The slot axis of `KVCache.k` / `.v`: 2 (`[L, B, S, Hkv, Dh]`), or 3 under `cpu_layouts` (head-major)."""
+  return 3 if config.cpu_layouts else 2
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
   t = config.text
   dtype = jnp.dtype(dtype or config.dtype)
-  shape = (t.num_hidden_layers, batch, max_len, t.num_key_value_heads, t.head_dim)
+  shape = [t.num_hidden_layers, batch, t.num_key_value_heads, t.head_dim]
+  shape.insert(cache_slot_axis(config), max_len)
   return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, max_len), bool))
 
 
@@ -51,18 +62,21 @@ def mrope_cos_sin(config: ModelConfig, positions_3bt):
   return jnp.cos(emb), jnp.sin(emb)
 
 
-def _write_layer(buf_lbshd, layer, upd_bthd, write_index, rows):
+def _write_layer(buf, layer, upd_bthd, write_index, rows, head_major: bool):
   """Writes one layer's new keys (or values) `[B, T, Hkv, Dh]` into the stacked cache at `write_index`.
 
   `write_index` is `[B]` (each row at its own slot): T slots per row are scattered, in place on a loop carry (a
   slot shared by all rows, one dynamic_update_slice, measured the same). `rows` (`[B]`, optional) are the cache
-  rows the chunk's rows write to (default: the same rows).
+  rows the chunk's rows write to (default: the same rows). `head_major`: `buf` is `[L, B, Hkv, S, Dh]`.
   """
-  upd_bthd = upd_bthd.astype(buf_lbshd.dtype)
-  b, t = upd_bthd.shape[:2]
+  upd_bthd = upd_bthd.astype(buf.dtype)
+  b, t, hkv = upd_bthd.shape[:3]
   slot_bt = write_index[:, None] + jnp.arange(t)[None]
   rows_b = jnp.arange(b) if rows is None else rows
-  return buf_lbshd.at[layer, rows_b[:, None], slot_bt].set(upd_bthd, mode="promise_in_bounds")
+  if head_major:
+    return buf.at[layer, rows_b[:, None, None], jnp.arange(hkv)[None, :, None], slot_bt[:, None, :]].set(
+        upd_bthd.transpose(0, 2, 1, 3), mode="promise_in_bounds")
+  return buf.at[layer, rows_b[:, None], slot_bt].set(upd_bthd, mode="promise_in_bounds")
 
 
 KEY_BUCKETS = 5
@@ -79,7 +93,7 @@ def key_buckets(cache_len: int) -> tuple[int, ...]:
 
 
 def cached_attention(q_bqhd, cache_kv, layer, mask_bqk, write_index, rows=None, *, scale, dtype,
-                     batch_major: bool = False):
+                     head_major: bool = False):
   """Attention of the chunk's queries over `layer`'s cached keys, reading only a prefix of the slots.
 
   A query at slot q sees no key slot beyond q, so keys past `max(write_index) + T` cannot contribute. The prefix
@@ -87,25 +101,29 @@ def cached_attention(q_bqhd, cache_kv, layer, mask_bqk, write_index, rows=None, 
   cache reads 80 slots of each layer, not 1280: the decode step costs O(used length), not O(cache_len). The keys
   dropped are masked ones (probability exactly 0), so the result is the full-cache attention up to float
   summation order. `rows` (optional `[B]`): the cache rows the queries' rows read (a gathered subset).
+  `head_major`: the cache is `[L, B, Hkv, S, Dh]` (`cpu_layouts`), read by the batch-major attention dots as is.
   """
-  k_lbshd, v_lbshd = cache_kv
-  _, b, s, hkv, dh = k_lbshd.shape
+  k_all, v_all = cache_kv
+  slot_axis = 3 if head_major else 2
+  s = k_all.shape[slot_axis]
   sizes = key_buckets(s)
   end = jnp.max(write_index) + q_bqhd.shape[1]
   bucket = jnp.minimum(jnp.searchsorted(jnp.asarray(sizes), end), len(sizes) - 1)
 
   def branch(size):
     def attend(q, k_all, v_all, mask):
-      k = jax.lax.dynamic_slice(k_all, (layer, 0, 0, 0, 0), (1, b, size, hkv, dh))[0]
-      v = jax.lax.dynamic_slice(v_all, (layer, 0, 0, 0, 0), (1, b, size, hkv, dh))[0]
+      read = lambda buf: jax.lax.dynamic_slice_in_dim(buf[layer], 0, size, axis=slot_axis - 1)
+      k, v = read(k_all), read(v_all)
       if rows is not None:
         k, v = jnp.take(k, rows, axis=0), jnp.take(v, rows, axis=0)
+      if head_major:
+        k = constrain(k, ("batch", "kv_heads_act", "cache_length", None))
+        return attention_heads_major(q, k.astype(dtype), v.astype(dtype), mask[:, :, :size], scale)
       k = constrain(k, ("batch", "cache_length", "kv_heads_act", None))
-      return masked_attention(q, k.astype(dtype), v.astype(dtype), mask[:, :, :size], scale=scale,
-                              batch_major=batch_major)
+      return masked_attention(q, k.astype(dtype), v.astype(dtype), mask[:, :, :size], scale=scale)
     return attend
 
-  return jax.lax.switch(bucket, [branch(n) for n in sizes], q_bqhd, k_lbshd, v_lbshd, mask_bqk)
+  return jax.lax.switch(bucket, [branch(n) for n in sizes], q_bqhd, k_all, v_all, mask_bqk)
 
 
 class DecoderLayer(nn.Module):
@@ -132,9 +150,10 @@ class DecoderLayer(nn.Module):
     q = apply_rotary(q, cos[:, :, None], sin[:, :, None])
     k = apply_rotary(k, cos[:, :, None], sin[:, :, None])
     if cache_kv is not None:
-      cache_kv = tuple(_write_layer(buf, layer, u, write_index, rows) for buf, u in zip(cache_kv, (k, v)))
+      cache_kv = tuple(_write_layer(buf, layer, u, write_index, rows, c.cpu_layouts)
+                       for buf, u in zip(cache_kv, (k, v)))
       attn = cached_attention(q, cache_kv, layer, mask_bqk, write_index, rows, scale=t.head_dim ** -0.5,
-                              dtype=dtype, batch_major=c.cpu_layouts)
+                              dtype=dtype, head_major=c.cpu_layouts)
     else:
       k = constrain(k, ("batch", "cache_length", "kv_heads_act", None))
       attn = masked_attention(q, k, v, mask_bqk, scale=t.head_dim ** -0.5, q_chunk=c.attention_q_chunk,

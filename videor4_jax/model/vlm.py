@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from videor4_jax.model.config import ModelConfig
 from videor4_jax.model.rope_index import IMAGE, VIDEO, mrope_positions
-from videor4_jax.model.text import KVCache, TextDecoder, init_cache  # noqa: F401  (re-exported)
+from videor4_jax.model.text import KVCache, TextDecoder, cache_slot_axis, init_cache  # noqa: F401  (re-exported)
 from videor4_jax.model.vision import VisionTower
 
 

@@ -22,7 +22,7 @@ import weakref
 import jax
 import jax.numpy as jnp
 
-from videor4_jax.model.vlm import KVCache
+from videor4_jax.model.vlm import KVCache, cache_slot_axis
 from videor4_jax.processing.grammar import OUTSIDE_CALL
 from videor4_jax.parallel.sharding import constrain_rows
 from videor4_jax.rumination import env as env_lib
@@ -130,8 +130,9 @@ def prefill_prompts(env: env_lib.RuminationEnv, params, prompts: dict, num_gener
                                   env.init_cache(num_prompts, prompt_len), jnp.zeros((num_prompts,), jnp.int32))
   cache = env.init_cache(rows, cache_len)
   # The [L, B, S, H, Dh] cache is the rollout's largest array: its rows go where the batch's rows are.
-  cache = cache.replace(k=constrain_rows(cache.k.at[:, :, :prompt_len].set(repeat(prefix.k, 1)), 1),
-                        v=constrain_rows(cache.v.at[:, :, :prompt_len].set(repeat(prefix.v, 1)), 1),
+  put_prefix = lambda buf, pre: constrain_rows(jax.lax.dynamic_update_slice_in_dim(
+      buf, repeat(pre, 1), 0, axis=cache_slot_axis(env.config)), 1)
+  cache = cache.replace(k=put_prefix(cache.k, prefix.k), v=put_prefix(cache.v, prefix.v),
                         valid=constrain_rows(cache.valid.at[:, :prompt_len].set(repeat(prefix.valid))))
   length_p = prompt["valid"].sum(-1).astype(jnp.int32)
   last_hidden_pd = jnp.take_along_axis(hidden_ptd, (length_p - 1)[:, None, None], axis=1)[:, 0]
