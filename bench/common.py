@@ -6,14 +6,21 @@ the PjRt client pool) from the environment variable `NPROC` (read when the CPU c
 first computation; `PJRT_NPROC` takes precedence over it), else from the schedulable CPUs. torch takes
 `torch.set_num_threads`. `set_threads(n)` sets both, and `OMP_NUM_THREADS` for any OpenMP library loaded later;
 call it before JAX runs anything.
+
+Isolation. Sides that allocate and free gigabytes per call (the train steps at full size) disturb each other in
+one process: on this VM, memory that one side just freed costs the other side 2-8 s of kernel time per step to
+fault in again (docs/BENCHMARKS.md). `Worker` runs one side in a process of its own, and `alternate_workers`
+alternates the workers' calls ABAB as `alternate` does, each call timed inside its worker.
 """
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,6 +123,67 @@ def alternate(sides: dict, runs: int) -> dict:
       cpu[name].append(c)
   return {k: dict(wall=spread(wall[k]), cpu=spread(cpu[k]), wall_s=[round(x, 4) for x in wall[k]],
                   cpu_s=[round(x, 4) for x in cpu[k]]) for k in sides}
+
+
+# glibc malloc settings of a worker process. "retain": one arena, no mmap, no trimming, so memory a step frees stays
+# in the process for the next step instead of going back to the kernel (which on this VM reports it to the host:
+# faulting it in again cost 1-8 s per full-size train step; docs/BENCHMARKS.md). "default": glibc's own.
+ALLOCATOR_ENV = {"retain": {"GLIBC_TUNABLES": "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+                                             "glibc.malloc.trim_threshold=4294967295"},
+                 "default": {}}
+
+MARK = "@@bench "     # a worker's protocol lines on stdout start with this; anything else it prints is passed over
+
+
+def serve(fn, info: dict):
+  """A worker's loop (the child side of `Worker`): reports `info` (JSON) once, then one timed call of `fn` per
+  "run" line on stdin, each reported as {"wall": s, "cpu": s}; returns at end of input."""
+  print(MARK + json.dumps(info), flush=True)
+  for line in sys.stdin:
+    if line.strip() == "run":
+      wall, cpu, _ = timed(fn)
+      print(MARK + json.dumps(dict(wall=wall, cpu=cpu)), flush=True)
+
+
+class Worker:
+  """One bench side in its own process: `argv` runs `serve` after its setup (compilation, warm-up). `info` is
+  what it reported when ready; `run()` times one call there and returns (wall, cpu)."""
+
+  def __init__(self, argv: list[str], name: str, env: dict | None = None):
+    self.name = name
+    self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                                 env=None if env is None else dict(os.environ, **env))
+    self.info = self._read()
+
+  def _read(self) -> dict:
+    for line in self.proc.stdout:
+      if line.startswith(MARK):
+        return json.loads(line[len(MARK):])
+    raise RuntimeError(f"bench worker {self.name!r} exited with {self.proc.wait()} before reporting (its stderr is "
+                       f"above)")
+
+  def run(self) -> tuple[float, float]:
+    self.proc.stdin.write("run\n")
+    self.proc.stdin.flush()
+    r = self._read()
+    return r["wall"], r["cpu"]
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait()
+
+
+def alternate_workers(workers: dict, runs: int) -> dict:
+  """`alternate` over `Worker`s (name -> Worker): ABAB..., each call timed in its own process."""
+  wall = {k: [] for k in workers}
+  cpu = {k: [] for k in workers}
+  for _ in range(runs):
+    for name, w in workers.items():
+      t_wall, t_cpu = w.run()
+      wall[name].append(t_wall)
+      cpu[name].append(t_cpu)
+  return {k: dict(wall=spread(wall[k]), cpu=spread(cpu[k]), wall_s=[round(x, 4) for x in wall[k]],
+                  cpu_s=[round(x, 4) for x in cpu[k]]) for k in workers}
 
 
 def write_json(res: dict, name: str, out: str | None = None) -> str:

@@ -4,7 +4,8 @@ ready-to-paste markdown table with where and when it was measured.
 
   python bench/run_all.py [--quick] [--threads N] [--only train_step,decode_step,...] [--table-only]
 
-Benches: train_step (SFT / GRPO ours vs HF, first-step compile), compile_cache (cold vs warm process start),
+Benches: train_step (SFT / GRPO ours vs HF, first-step compile), train_ceiling (the step vs its matrix products
+alone, XLA and torch), compile_cache (cold vs warm process start),
 decode_step (ms per decode token, fraction of the measured memory roofline), rollout (bench/rollout.py: ours KV
 kept / re-prefill / HF, alternated run by run; in full mode also `--shape paper`, the Video-R4 paper's workload
 shape: 16 frames 224x224, crop 144 / clip 288 vision tokens, R = 4, G = 8, B = 2), compile_time (rollout compile
@@ -23,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ORDER = ("train_step", "compile_cache", "decode_step", "rollout", "compile_time", "logprob_memory", "data_pipeline")
+ORDER = ("train_step", "train_ceiling", "compile_cache", "decode_step", "rollout", "compile_time", "logprob_memory", "data_pipeline")
 
 
 def commands(quick: bool, threads: int) -> dict:
@@ -31,6 +32,7 @@ def commands(quick: bool, threads: int) -> dict:
   th = ["--threads", str(threads)]
   return {
       "train_step": [["train_step.py", *q, *th]] + ([] if quick else [["train_step.py", "--quick", *th]]),
+      "train_ceiling": [["train_ceiling.py", *q, "--step", step, *th] for step in ("sft", "grpo")],
       "compile_cache": [["compile_cache.py", "--quick", *th]],
       "decode_step": [["decode_step.py", "--model", "quick" if quick else "full", "--layers", layers, *th]
                       + (["--rollout-caches", ""] if quick or layers == "unrolled" else [])
@@ -90,6 +92,15 @@ def fmt_train(r, size):
   return "<br>".join(out)
 
 
+def fmt_ceiling(step, r):
+  c, m, rt = r["config"], r["median_s"], r["ratios"]
+  return (f"{step.upper()} {'quick' if c['quick'] else 'full'} ({r['dots']['count']} products, "
+          f"{r['dots']['gflop']:.1f} GFLOP): ours {m['ours']:.3f} s, HF {m['hf']:.3f} s, products alone XLA "
+          f"{m['xla_dots']:.3f} s / torch {m['torch_dots']:.3f} s ({r['gflop_per_s']['xla_dots']:.0f} / "
+          f"{r['gflop_per_s']['torch_dots']:.0f} GFLOP/s); ours/HF **{rt['ours_over_hf']:.2f}x**, ceiling "
+          f"**{rt['ceiling']:.2f}x** ({rt['ceiling_xla_kernels']:.2f}x with XLA's kernels)")
+
+
 def fmt_rollout(ro, path):
   """The two table rows of one bench/rollout.py JSON (older JSONs without spread or shape too)."""
   c = ro.get("config", {})
@@ -125,6 +136,11 @@ def rows(quick: bool) -> list:
   if not quick:
     text = "<br>".join(x for x in (text, fmt_train(load("train_step_quick.json"), "quick")) if x)
   out.append(("train step ours/HF tokens/s (SFT, GRPO with beta = 0.04), AdamW + clip", text, "train_step*.json"))
+  ceil = [(k, load(f"train_ceiling{sfx}_{k}.json")) for k in ("sft", "grpo")]
+  if any(r for _, r in ceil):
+    out.append(("train step vs its own matrix products alone (bench/train_ceiling.py): ceiling = HF step / the "
+                "products in the faster library", "<br>".join(fmt_ceiling(k, r) for k, r in ceil if r),
+                f"train_ceiling{sfx}_*.json"))
   cc = load("compile_cache_quick.json")
   if cc:
     cold, warm = cc["starts"][0], cc["starts"][1:]

@@ -18,11 +18,14 @@ the two sides are compared as a check that both see the same batch).
         same objective in torch: ratio = exp(logp - logp_old), -min(rho A, clip(rho, 0.8, 1.2) A) + beta * k3 KL
         to a frozen copy of the model (forward under no_grad), mean over tokens then rows, backward, clip, AdamW.
 
-Throughput = B * S tokens (every slot goes through the forward and backward) per second of one step. After a
-warm-up step each (ours: lower + XLA compile, timed apart, then one step), the timed steps of the two sides
-alternate (ours, HF, ours, HF, ...; `--runs` >= 5 each), so that load from other jobs on a shared machine hits
-both alike; the JSON keeps every run, median, quartiles, min / max, wall and process-CPU time, and the ratio of
-the medians. XLA and torch get the same number of threads (`--threads`, default every CPU; bench/common.py).
+Throughput = B * S tokens (every slot goes through the forward and backward) per second of one step. Each side
+runs in a process of its own (`common.Worker`: in one process, the gigabytes one side frees per step cost the
+other 2-8 s of page faults per step at full size on this VM; docs/BENCHMARKS.md). After a warm-up step each
+(ours: lower + XLA compile, timed apart, then one step), the timed steps of the two sides alternate (ours, HF,
+ours, HF, ...; `--runs` >= 5 each), so that load from other jobs on a shared machine hits both alike; the JSON
+keeps every run, median, quartiles, min / max, wall and process-CPU time (each timed in its worker), and the
+ratio of the medians. XLA and torch get the same number of threads (`--threads`, default every CPU;
+bench/common.py).
 
 Layers. `--layers unrolled` (default here): the CPU setting, `vlm.cpu_setting` (`scan_layers=False`, params
 relaid out by `vlm.unstack_layers`, and `cpu_layouts=True`): XLA:CPU then neither copies each layer's weights out
@@ -34,7 +37,7 @@ Final line: SFT ours/HF and GRPO ours/HF.
 """
 from __future__ import annotations
 
-import argparse, functools, os, sys, tempfile, time  # noqa: E401
+import argparse, functools, os, sys, tempfile, time, types  # noqa: E401
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -138,6 +141,87 @@ def hf_steps(model, ref_model, hf_batch, loss_mask, old_logp, adv):
 
 
 # ------------------------------------------------------------------------------------------------ main
+class Built(types.SimpleNamespace):
+  """Everything both sides of a train-step bench need (`build`): the weights, the batch in both layouts, the jitted
+  steps and the HF models."""
+
+  def fresh_state(self):
+    return TrainState.create(jax.tree.map(jnp.copy, self.run_params), self.tx)
+
+  def hf_step(self, name: str):
+    """HF's `name` ("sft" | "grpo") step from the initial weights (a zero-argument callable; each call updates)."""
+    self.model.load_state_dict(self.hf_init)
+    return hf_steps(self.model, self.ref_model, self.hf_b, self.ours_b["loss_mask"], self.old_logp,
+                    self.adv)[0 if name == "sft" else 1]
+
+  def step_args(self, name: str):
+    """(batch, keyword arguments) of our `name` step."""
+    return (self.batch, {}) if name == "sft" else (self.gbatch, dict(ref_params=self.run_params))
+
+
+def build(quick: bool, layers: str, hf: bool = True) -> Built:
+  """The bench's model (bench/rollout.py's quick or full one), batch, jitted steps (ours in the CPU setting unless
+  `layers == "scanned"`) and (`hf`) HF's models on the same weights. Call after common.set_threads."""
+  import torch
+  from transformers import Qwen2_5_VLForConditionalGeneration
+  s = SETTINGS["quick" if quick else "full"]
+  m = rb.SETTINGS[s["model"]]
+  tok = Tokenizer.tiny()
+  config = rb.model_config(tok, m)
+  params = rb.biased_params(config, tok, **m["bias"])
+  ours_b, hf_b = make_batch(tok, config, s, m)
+  B = ours_b["tokens"].shape[0]
+  run_config, run_params = (config, params) if layers == "scanned" else vlm.cpu_setting(config, params)
+  tx = make_optimizer(OptimConfig(lr=LR, warmup_steps=0, total_steps=10_000, end_lr_ratio=1.0, weight_decay=WD,
+                                  clip_norm=CLIP))
+  gcfg = grpo.GRPOConfig(num_generations=2, beta=BETA, eps_low=EPS, eps_high=EPS, aggregation="seq_mean_token_mean")
+  batch = jax.tree.map(jnp.asarray, ours_b)
+  logp0 = np.asarray(jax.jit(functools.partial(sequence_logprobs, config))(params, batch))
+  old_logp = (logp0 + 0.1 * np.random.default_rng(1).standard_normal(logp0.shape)).astype(np.float32)
+  adv = np.asarray(grpo.group_advantages(jnp.asarray(np.random.default_rng(2).random(B), jnp.float32), 2))
+  gbatch = dict(batch, logp=jnp.asarray(old_logp), advantages=jnp.asarray(adv))
+  jit_steps = dict(sft=jax.jit(functools.partial(sft_step, run_config), donate_argnums=(0,)),
+                   grpo=jax.jit(functools.partial(grpo_step, run_config, gcfg), donate_argnums=(0,)))
+
+  model = ref_model = hf_init = None
+  if hf:     # HF on the same weights
+    with tempfile.TemporaryDirectory() as d:
+      save_pretrained(d, config, params)
+      model = Qwen2_5_VLForConditionalGeneration.from_pretrained(d, dtype=torch.float32).train()
+      ref_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(d, dtype=torch.float32).eval()
+    for p in ref_model.parameters():
+      p.requires_grad_(False)
+    hf_init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+  return Built(settings=s, model_settings=m, config=config, params=params, run_config=run_config,
+               run_params=run_params, ours_b=ours_b, hf_b=hf_b, batch=batch, gbatch=gbatch, old_logp=old_logp,
+               adv=adv, tx=tx, jit_steps=jit_steps, model=model, ref_model=ref_model, hf_init=hf_init)
+
+
+def side_fn(b: Built, side: str, name: str):
+  """(zero-argument callable running one `name` step of `side` ("ours" | "hf"), info): the warm-up step done, its
+  timings and step-0 loss in info."""
+  if side == "hf":
+    fn = b.hf_step(name)
+    first_s, _, loss0 = common.timed(fn)
+    return fn, dict(first_step_s=round(first_s, 2), loss0=loss0,
+                    attn_implementation=b.model.config._attn_implementation)
+  bt, kw = b.step_args(name)
+  compiled, state, met, info = compile_ours(b.jit_steps[name], b.fresh_state(), bt, **kw)
+  box = dict(state=state)
+
+  def fn():
+    box["state"], _ = jax.block_until_ready(compiled(box["state"], bt, **kw))
+  return fn, dict(info, loss0=float(met["loss"]))
+
+
+def worker(args):
+  """`--worker ours|hf`: one side of one step (`--steps`, a single name) in this process, served to the parent
+  (common.serve) after its warm-up step."""
+  b = build(args.quick, args.layers, hf=args.worker == "hf")
+  common.serve(*side_fn(b, args.worker, args.steps))
+
+
 def parse_args(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--quick", action="store_true", help="the ~11M quick model, B=2")
@@ -146,6 +230,10 @@ def parse_args(argv=None):
   ap.add_argument("--layers", choices=("unrolled", "scanned"), default="unrolled",
                   help="ours: the CPU setting (vlm.cpu_setting: unrolled layers, cpu_layouts) or the scanned default")
   ap.add_argument("--steps", default="sft,grpo")
+  ap.add_argument("--allocator", choices=tuple(common.ALLOCATOR_ENV), default="retain",
+                  help="both sides' glibc malloc settings (common.ALLOCATOR_ENV)")
+  ap.add_argument("--worker", choices=("ours", "hf"), default=None,
+                  help="internal: run one side of one step in this process (common.Worker)")
   ap.add_argument("--out", default=None)
   return ap.parse_args(argv)
 
@@ -170,20 +258,15 @@ def main(argv=None):
   args = parse_args(argv)
   threads = common.set_threads(args.threads)
   load_before = common.loadavg()
-  import torch
   import transformers
-  from transformers import Qwen2_5_VLForConditionalGeneration
   transformers.logging.set_verbosity_error()
-  s = SETTINGS["quick" if args.quick else "full"]
-  m = rb.SETTINGS[s["model"]]
-  tok = Tokenizer.tiny()
-  config = rb.model_config(tok, m)
-  params = rb.biased_params(config, tok, **m["bias"])
-  n_params = int(sum(x.size for x in jax.tree.leaves(params)))
-  ours_b, hf_b = make_batch(tok, config, s, m)
+  if args.worker:
+    return worker(args)
+  b = build(args.quick, args.layers, hf=False)
+  run_config, ours_b, m, s = b.run_config, b.ours_b, b.model_settings, b.settings
+  n_params = int(sum(x.size for x in jax.tree.leaves(b.params)))
   B, S = ours_b["tokens"].shape
   ntok = B * S
-  run_config, run_params = (config, params) if args.layers == "scanned" else vlm.cpu_setting(config, params)
   res = dict(config=dict(params=n_params, B=B, S=S, tokens_per_step=ntok, loss_tokens=int(ours_b["loss_mask"].sum()),
                          assistant_tokens_per_turn=s["A"], crop_hw=s["crop_hw"],
                          video_pixels=list(ours_b["video_pixels"].shape), obs_pixels=list(ours_b["obs_pixels"].shape),
@@ -194,55 +277,33 @@ def main(argv=None):
   print(f"model {n_params / 1e6:.1f}M params; batch {B} x {S} slots; layers {args.layers}; {threads} threads "
         f"(XLA and torch)", flush=True)
 
-  tx = make_optimizer(OptimConfig(lr=LR, warmup_steps=0, total_steps=10_000, end_lr_ratio=1.0, weight_decay=WD,
-                                  clip_norm=CLIP))
-  gcfg = grpo.GRPOConfig(num_generations=2, beta=BETA, eps_low=EPS, eps_high=EPS, aggregation="seq_mean_token_mean")
-  batch = jax.tree.map(jnp.asarray, ours_b)
-  logp0 = np.asarray(jax.jit(functools.partial(sequence_logprobs, config))(params, batch))
-  old_logp = (logp0 + 0.1 * np.random.default_rng(1).standard_normal(logp0.shape)).astype(np.float32)
-  adv = np.asarray(grpo.group_advantages(jnp.asarray(np.random.default_rng(2).random(B), jnp.float32), 2))
-  gbatch = dict(batch, logp=jnp.asarray(old_logp), advantages=jnp.asarray(adv))
-  jit_steps = dict(sft=jax.jit(functools.partial(sft_step, run_config), donate_argnums=(0,)),
-                   grpo=jax.jit(functools.partial(grpo_step, run_config, gcfg), donate_argnums=(0,)))
-
-  # HF on the same weights
-  with tempfile.TemporaryDirectory() as d:
-    save_pretrained(d, config, params)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(d, dtype=torch.float32).train()
-    ref_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(d, dtype=torch.float32).eval()
-  for p in ref_model.parameters():
-    p.requires_grad_(False)
-  hf_init = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
   for name in args.steps.split(","):
-    bt, kw = (batch, {}) if name == "sft" else (gbatch, dict(ref_params=run_params))
-    model.load_state_dict(hf_init)
-    hf_fn = hf_steps(model, ref_model, hf_b, ours_b["loss_mask"], old_logp, adv)[0 if name == "sft" else 1]
-    compiled, state, met, compile_t = compile_ours(jit_steps[name], TrainState.create(
-        jax.tree.map(jnp.copy, run_params), tx), bt, **kw)
-    first_hf, _, loss_hf0 = common.timed(hf_fn)
-    loss_ours0 = float(met["loss"])
-    box = dict(state=state)
-
-    def ours():
-      box["state"], _ = jax.block_until_ready(compiled(box["state"], bt, **kw))
-
-    t = common.alternate(dict(ours=ours, hf=hf_fn), args.runs)
+    argv = [sys.executable, os.path.abspath(__file__), "--steps", name, "--layers", args.layers, "--threads",
+            str(threads)] + (["--quick"] if args.quick else [])
+    env = common.ALLOCATOR_ENV[args.allocator]
+    workers = {side: common.Worker(argv + ["--worker", side], side, env) for side in ("ours", "hf")}  # in turn
+    t = common.alternate_workers(workers, args.runs)
+    for w in workers.values():
+      w.close()
+    ours_i, hf_i = workers["ours"].info, workers["hf"].info
     mo, mh = t["ours"]["wall"]["median"], t["hf"]["wall"]["median"]
-    res[name] = dict(ours=dict(t["ours"], tokens_per_s=round(ntok / mo, 1), **compile_t),
-                     hf=dict(t["hf"], tokens_per_s=round(ntok / mh, 1), first_step_s=round(first_hf, 2)),
-                     step0_loss=dict(ours=loss_ours0, hf=loss_hf0, abs_diff=abs(loss_ours0 - loss_hf0)),
+    res[name] = dict(ours=dict(t["ours"], tokens_per_s=round(ntok / mo, 1),
+                               **{k: v for k, v in ours_i.items() if k != "loss0"}),
+                     hf=dict(t["hf"], tokens_per_s=round(ntok / mh, 1), first_step_s=hf_i["first_step_s"]),
+                     step0_loss=dict(ours=ours_i["loss0"], hf=hf_i["loss0"],
+                                     abs_diff=abs(ours_i["loss0"] - hf_i["loss0"])),
                      ours_over_hf=round(mh / mo, 2),
                      ours_over_hf_cpu_time=round(t["hf"]["cpu"]["median"] / t["ours"]["cpu"]["median"], 2))
     print(f"{name}: ours {ntok / mo:8.1f} tok/s (median {mo:.3f} s, {t['ours']['wall']['min']:.3f}-"
           f"{t['ours']['wall']['max']:.3f}), HF {ntok / mh:8.1f} tok/s (median {mh:.3f} s, "
           f"{t['hf']['wall']['min']:.3f}-{t['hf']['wall']['max']:.3f}); ours/HF {mh / mo:.2f}x; first step: ours "
-          f"{compile_t['first_step_s']:.1f} s (compile {compile_t['compile_s']:.1f} s), HF {first_hf:.2f} s; step-0 "
-          f"loss ours {loss_ours0:.6f} HF {loss_hf0:.6f}", flush=True)
+          f"{ours_i['first_step_s']:.1f} s (compile {ours_i['compile_s']:.1f} s), HF {hf_i['first_step_s']:.2f} s; "
+          f"step-0 loss ours {ours_i['loss0']:.6f} HF {hf_i['loss0']:.6f}", flush=True)
 
   res["machine"] = common.machine(threads, load_before=load_before, load_after=common.loadavg(),
                                   xla_eigen_threads=common.xla_threads(), transformers=transformers.__version__,
-                                  attn_implementation=model.config._attn_implementation)
+                                  attn_implementation=hf_i["attn_implementation"], isolation="one process per side",
+                                  allocator=args.allocator, allocator_env=common.ALLOCATOR_ENV[args.allocator])
   out = common.write_json(res, "train_step_quick.json" if args.quick else "train_step.json", args.out)
   print(f"wrote {out}")
   print("train step tokens/s: " + "; ".join(f"{n.upper()} ours/HF = {res[n]['ours_over_hf']:.2f}x"
