@@ -125,9 +125,10 @@ def alternate(sides: dict, runs: int) -> dict:
                   cpu_s=[round(x, 4) for x in cpu[k]]) for k in sides}
 
 
-# glibc malloc settings of a worker process. "retain": one arena, no mmap, no trimming, so memory a step frees stays
-# in the process for the next step instead of going back to the kernel (which on this VM reports it to the host:
-# faulting it in again cost 1-8 s per full-size train step; docs/BENCHMARKS.md). "default": glibc's own.
+# glibc malloc settings of a worker process. "default": glibc's own. "retain": one arena, no mmap, no trimming, so
+# memory a step frees stays in the process for the next step instead of going back to the kernel (which on this VM
+# reports it to the host: faulting it in again cost 1-8 s per full-size train step), at the price of one arena for
+# every thread (quick-size steps 18-26% slower on both sides); docs/BENCHMARKS.md.
 ALLOCATOR_ENV = {"retain": {"GLIBC_TUNABLES": "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
                                              "glibc.malloc.trim_threshold=4294967295"},
                  "default": {}}

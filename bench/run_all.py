@@ -31,7 +31,10 @@ def commands(quick: bool, threads: int) -> dict:
   q = ["--quick"] if quick else []
   th = ["--threads", str(threads)]
   return {
-      "train_step": [["train_step.py", *q, *th]] + ([] if quick else [["train_step.py", "--quick", *th]]),
+      # full size also with glibc keeping freed memory (common.ALLOCATOR_ENV): both sides, one process each
+      "train_step": [["train_step.py", *q, *th]] + ([] if quick else [["train_step.py", "--quick", *th],
+                                                                       ["train_step.py", "--allocator", "retain",
+                                                                        *th]]),
       "train_ceiling": [["train_ceiling.py", *q, "--step", step, *th] for step in ("sft", "grpo")],
       "compile_cache": [["compile_cache.py", "--quick", *th]],
       "decode_step": [["decode_step.py", "--model", "quick" if quick else "full", "--layers", layers, *th]
@@ -134,7 +137,8 @@ def rows(quick: bool) -> list:
   ts_main = load(f"train_step{sfx}.json")
   text = fmt_train(ts_main, "quick" if quick else "full")
   if not quick:
-    text = "<br>".join(x for x in (text, fmt_train(load("train_step_quick.json"), "quick")) if x)
+    text = "<br>".join(x for x in (text, fmt_train(load("train_step_retain.json"), "full, glibc retain"),
+                                   fmt_train(load("train_step_quick.json"), "quick")) if x)
   out.append(("train step ours/HF tokens/s (SFT, GRPO with beta = 0.04), AdamW + clip", text, "train_step*.json"))
   ceil = [(k, load(f"train_ceiling{sfx}_{k}.json")) for k in ("sft", "grpo")]
   if any(r for _, r in ceil):

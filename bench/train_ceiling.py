@@ -155,7 +155,7 @@ def parse_args(argv=None):
   ap.add_argument("--runs", type=int, default=5)
   ap.add_argument("--threads", type=int, default=None)
   ap.add_argument("--out", default=None)
-  ap.add_argument("--allocator", choices=tuple(common.ALLOCATOR_ENV), default="retain",
+  ap.add_argument("--allocator", choices=tuple(common.ALLOCATOR_ENV), default="default",
                   help="every side's glibc malloc settings (common.ALLOCATOR_ENV)")
   ap.add_argument("--worker", choices=SIDES, default=None, help="internal: one side in this process")
   return ap.parse_args(argv)

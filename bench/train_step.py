@@ -230,7 +230,7 @@ def parse_args(argv=None):
   ap.add_argument("--layers", choices=("unrolled", "scanned"), default="unrolled",
                   help="ours: the CPU setting (vlm.cpu_setting: unrolled layers, cpu_layouts) or the scanned default")
   ap.add_argument("--steps", default="sft,grpo")
-  ap.add_argument("--allocator", choices=tuple(common.ALLOCATOR_ENV), default="retain",
+  ap.add_argument("--allocator", choices=tuple(common.ALLOCATOR_ENV), default="default",
                   help="both sides' glibc malloc settings (common.ALLOCATOR_ENV)")
   ap.add_argument("--worker", choices=("ours", "hf"), default=None,
                   help="internal: run one side of one step in this process (common.Worker)")
@@ -304,7 +304,8 @@ def main(argv=None):
                                   xla_eigen_threads=common.xla_threads(), transformers=transformers.__version__,
                                   attn_implementation=hf_i["attn_implementation"], isolation="one process per side",
                                   allocator=args.allocator, allocator_env=common.ALLOCATOR_ENV[args.allocator])
-  out = common.write_json(res, "train_step_quick.json" if args.quick else "train_step.json", args.out)
+  alloc = "" if args.allocator == "default" else f"_{args.allocator}"
+  out = common.write_json(res, f"train_step{'_quick' if args.quick else ''}{alloc}.json", args.out)
   print(f"wrote {out}")
   print("train step tokens/s: " + "; ".join(f"{n.upper()} ours/HF = {res[n]['ours_over_hf']:.2f}x"
                                             for n in args.steps.split(",")))

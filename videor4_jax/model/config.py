@@ -95,8 +95,9 @@ class ModelConfig:
                                  # reference forwards) in query chunks of this size (model/layers.masked_attention)
   cpu_layouts: bool = False      # layouts XLA:CPU runs fastest, the same math (float summation order aside): the
                                  # decoder's dense layers on [B*T, D] rows (weight gradients as plain 2-D GEMMs, no
-                                 # transposing copy of each activation) and attention dots with batch axes leading
-                                 # (model/layers.masked_attention). vlm.cpu_setting; docs/BENCHMARKS.md. Off for
+                                 # transposing copy of each activation), attention dots with batch axes leading
+                                 # (model/layers.masked_attention) and a head-major KV cache [L, B, Hkv, S, Dh]
+                                 # (model/text.cache_slot_axis). vlm.cpu_setting; docs/BENCHMARKS.md. Off for
                                  # TPU, whose sharding rules name the [B, T, D] axes.
 
   def __post_init__(self):

@@ -195,6 +195,6 @@ def cpu_setting(config: ModelConfig, params):
   """(config, params) in the layout XLA:CPU runs fastest, the same weights and math: unrolled layers
   (`unstack_layers`: no per-layer copy of the weights out of the stack) and `ModelConfig.cpu_layouts` (the
   decoder's dense layers on flat token rows: no transposing copy per weight gradient; attention dots with batch
-  axes leading). The TPU path keeps the scanned, `[B, T, D]` default. Measured in bench/train_step.py and
+  axes leading; a head-major KV cache). The TPU path keeps the scanned, `[B, T, D]` default. Measured in bench/train_step.py and
   bench/rollout.py (docs/BENCHMARKS.md)."""
   return config.replace(scan_layers=False, cpu_layouts=True), unstack_layers(config, params)
