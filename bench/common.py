@@ -160,6 +160,7 @@ class Worker:
     for line in self.proc.stdout:
       if line.startswith(MARK):
         return json.loads(line[len(MARK):])
+      print(f"[{self.name}] {line}", end="", flush=True)     # the worker's own progress lines
     raise RuntimeError(f"bench worker {self.name!r} exited with {self.proc.wait()} before reporting (its stderr is "
                        f"above)")
 
@@ -174,8 +175,13 @@ class Worker:
     self.proc.wait()
 
 
-def alternate_workers(workers: dict, runs: int) -> dict:
-  """`alternate` over `Worker`s (name -> Worker): ABAB..., each call timed in its own process."""
+def alternate_workers(workers: dict, runs: int, warmup_rounds: int = 1) -> dict:
+  """`alternate` over `Worker`s (name -> Worker): ABAB..., each call timed in its own process, after
+  `warmup_rounds` untimed rounds in the same order (a worker's first calls after the others' setup find its
+  caches and freed memory gone)."""
+  for _ in range(warmup_rounds):
+    for w in workers.values():
+      w.run()
   wall = {k: [] for k in workers}
   cpu = {k: [] for k in workers}
   for _ in range(runs):

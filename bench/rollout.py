@@ -23,9 +23,11 @@ One random Qwen2.5-VL (JAX init, biased so that it really calls crop/clip tools:
                pixels (`pixel_values` + `image_grid_thw` for a crop, `pixel_values_videos` + `video_grid_thw`
                for a clip, `mm_token_type_ids` for M-RoPE).
 
-Timing (the conventions of bench/common.py). XLA and torch get the same thread count (`--threads`, default every
-CPU of the process; `common.set_threads`, called before JAX runs anything: importing jax creates no CPU client,
-the first computation does). Each implementation first runs untimed (ours: AOT lower + compile, timed apart, then
+Timing (the conventions of bench/common.py). Each implementation runs in a process of its own (`common.Worker`,
+started one after the other; in one process, the memory one side frees costs the next side page faults on this
+VM: docs/BENCHMARKS.md). XLA and torch get the same thread count (`--threads`, default every CPU of the process;
+`common.set_threads`, called before JAX runs anything: importing jax creates no CPU client, the first
+computation does). Each implementation first runs untimed (ours: AOT lower + compile, timed apart, then
 one run; re-prefill: the first run, which compiles one graph per turn; HF: one whole rollout, which also counts
 its decoder work), then the timed runs alternate implementation by implementation (ours, re-prefill, HF, ours,
 ... `common.alternate`, `--runs` each), so that load from other jobs on a shared machine hits all three alike.
@@ -402,40 +404,62 @@ def parse_args(argv=None):
                   help="ours (both sides): scanned decoder layers (the default config) or the CPU setting "
                        "(vlm.cpu_setting: unrolled layers, cpu_layouts); HF is the same either way")
   ap.add_argument("--out", default=None, help="result JSON (default bench/results/rollout[_quick|_paper].json)")
+  ap.add_argument("--worker", choices=SIDES, default=None, help="internal: one implementation in this process")
   return ap.parse_args(argv)
 
 
-def main(argv=None):
-  """The bench top to bottom: the thread count first (common.set_threads, before JAX's CPU client exists, i.e.
-  before any computation; importing jax above created none), then setup, the untimed run of each implementation,
-  the alternated timed runs, the JSON."""
-  args = parse_args(argv)
-  threads = common.set_threads(args.threads)
-  import torch  # noqa: F401  (its thread count is set; imported for transformers below)
-  import transformers
-  transformers.logging.set_verbosity_error()
+SIDES = ("ours_kv", "ours_reprefill", "hf")
+
+
+def side_worker(args):
+  """`--worker SIDE`: one implementation in this process (common.serve) after its untimed run. Reports its info,
+  each row's generated tokens, its decoder token-rows and (ours_kv) the workload."""
   tok, config, params, prompts, env, cfg = setup(args.shape)
-  G = cfg["G"]
   ours_config, ours_params, ours_env = config, params, env
   if args.layers == "unrolled":    # HF keeps the scanned config and params it is saved from
     ours_config, ours_params = vlm.cpu_setting(config, params)
     ours_env = make_env(ours_config, env.rollout, tok, cfg["frames"])
-  cfg.update(runs=args.runs, threads=threads, layers=args.layers, cpu_layouts=ours_config.cpu_layouts)
-  rep = {k: np.repeat(v, G, axis=0) for k, v in prompts.items()}     # the rollout's row order (b*G + g)
-  res = {"config": cfg}
-  sides, info, rows = {}, {}, {}
-  sides["ours_kv"], info["ours_kv"], res["workload"], rows["ours_kv"] = prepare_ours(ours_env, ours_params,
-                                                                                         prompts, G)
-  sides["ours_reprefill"], info["ours_reprefill"], rp_rows, rows["ours_reprefill"] = prepare_reprefill(
-      ours_env, ours_params, rep)
-  sides["hf"], info["hf"], hf_rows, rows["hf"] = prepare_hf(config, params, tok, env, rep)
+  rep = {k: np.repeat(v, cfg["G"], axis=0) for k, v in prompts.items()}     # the rollout's row order (b*G + g)
+  report = dict(config=dict(cfg, cpu_layouts=ours_config.cpu_layouts))
+  if args.worker == "ours_kv":
+    run, info, report["workload"], rows = prepare_ours(ours_env, ours_params, prompts, cfg["G"])
+  elif args.worker == "ours_reprefill":
+    run, info, report["token_rows"], rows = prepare_reprefill(ours_env, ours_params, rep)
+  else:
+    import transformers
+    transformers.logging.set_verbosity_error()
+    run, info, report["token_rows"], rows = prepare_hf(config, params, tok, env, rep)
+  common.serve(run, dict(report, info=info, rows=rows))
+
+
+def main(argv=None):
+  """The bench top to bottom: the thread count first (common.set_threads, before JAX's CPU client exists, i.e.
+  before any computation; importing jax above created none). Each implementation runs in a process of its own
+  (common.Worker: one side's freed memory costs another page faults on this VM; docs/BENCHMARKS.md), started one
+  after the other (setup and untimed run), then timed alternately; the JSON."""
+  args = parse_args(argv)
+  threads = common.set_threads(args.threads)
+  if args.worker:
+    return side_worker(args)
+  argv = [sys.executable, os.path.abspath(__file__), "--shape", args.shape, "--layers", args.layers, "--threads",
+          str(threads)]
+  workers = {}
+  for side in SIDES:
+    workers[side] = common.Worker(argv + ["--worker", side], side)
+  rep = {k: w.info for k, w in workers.items()}
+  cfg = dict(rep["ours_kv"]["config"], runs=args.runs, threads=threads, layers=args.layers)
+  info = {k: r["info"] for k, r in rep.items()}
+  rows = {k: r["rows"] for k, r in rep.items()}
+  res = {"config": cfg, "workload": rep["ours_kv"]["workload"]}
 
   load_before = common.loadavg()
-  print(f"timing: {args.runs} runs each, alternated {' / '.join(sides)}; {threads} threads; load {load_before}",
+  print(f"timing: {args.runs} runs each, alternated {' / '.join(SIDES)}; {threads} threads; load {load_before}",
         flush=True)
-  t = common.alternate(sides, args.runs)
+  t = common.alternate_workers(workers, args.runs)
+  for w in workers.values():
+    w.close()
   load_after = common.loadavg()
-  for k in sides:
+  for k in SIDES:
     med, ntok = t[k]["wall"]["median"], info[k]["tokens"]
     res[k] = dict(info[k], seconds=round(med, 3), runs_s=t[k]["wall_s"], tokens_per_s=round(ntok / med, 1),
                   tokens_per_cpu_s=round(ntok / t[k]["cpu"]["median"], 1), **t[k])
@@ -445,7 +469,7 @@ def main(argv=None):
           f"{t[k]['wall']['max']:.3f}; CPU {t[k]['cpu']['median']:.3f} s)", flush=True)
 
   tr = res["workload"]["token_rows"]
-  tr.update(ours_reprefill=rp_rows, hf=hf_rows)
+  tr.update(ours_reprefill=rep["ours_reprefill"]["token_rows"], hf=rep["hf"]["token_rows"])
   res["workload"]["work_bound"] = dict(hf_over_ours=round(tr["hf"] / tr["ours_kv"], 2),
                                        reprefill_over_ours=round(tr["ours_reprefill"] / tr["ours_kv"], 2))
   print("workload:", res["workload"], flush=True)
@@ -460,9 +484,10 @@ def main(argv=None):
                                        "kv_over_reprefill": ("ours_kv", "ours_reprefill"),
                                        "reprefill_over_hf": ("ours_reprefill", "hf")}[k], "tokens_per_cpu_s")
                             for k in res["ratios"]}
+  import transformers
   res["machine"] = common.machine(
       threads, loadavg_before=load_before, loadavg_after=load_after, xla_eigen_threads=common.xla_threads(),
-      transformers=transformers.__version__,
+      transformers=transformers.__version__, isolation="one process per implementation",
       note=f"median of {args.runs} timed runs per implementation, alternated run by run after an untimed run each; "
            f"the machine may be shared (see loadavg_before / loadavg_after)")
   name = OUT_NAMES[args.shape].replace(".json", "_unrolled.json" if args.layers == "unrolled" else ".json")
