@@ -11,7 +11,7 @@ Run with one thread (the default) for figures that other jobs on the machine dis
 """
 from __future__ import annotations
 
-import argparse, collections, functools, glob, gzip, json, os, re, sys, tempfile  # noqa: E401
+import argparse, collections, glob, gzip, json, os, re, sys, tempfile  # noqa: E401
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -60,40 +60,11 @@ def main():
   args = ap.parse_args()
   threads = common.set_threads(args.threads)
   import jax
-  import jax.numpy as jnp
-  import numpy as np
   import torch
-  from transformers import Qwen2_5_VLForConditionalGeneration
-  import rollout as rb
   import train_step as ts
-  from videor4_jax import save_pretrained
-  from videor4_jax.model import vlm
-  from videor4_jax.processing.tokenizer import Tokenizer
-  from videor4_jax.rl import grpo
-  from videor4_jax.train.optim import OptimConfig, make_optimizer
-  from videor4_jax.train.steps import TrainState, grpo_step, sft_step
-  s = ts.SETTINGS["quick" if args.quick else "full"]
-  m = rb.SETTINGS[s["model"]]
-  tok = Tokenizer.tiny()
-  config = rb.model_config(tok, m)
-  params = rb.biased_params(config, tok, **m["bias"])
-  ours_b, hf_b = ts.make_batch(tok, config, s, m)
-  b = ours_b["tokens"].shape[0]
-  run_config, run_params = (config, params) if args.layers == "scanned" else vlm.cpu_setting(config, params)
-  tx = make_optimizer(OptimConfig(lr=ts.LR, warmup_steps=0, total_steps=10_000, end_lr_ratio=1.0,
-                                  weight_decay=ts.WD, clip_norm=ts.CLIP))
-  batch = jax.tree.map(jnp.asarray, ours_b)
-  adv = np.linspace(-1, 1, b).astype(np.float32)
-  old = np.zeros(ours_b["tokens"].shape, np.float32)
-  if args.step == "sft":
-    fn, kw = functools.partial(sft_step, run_config), {}
-  else:
-    gcfg = grpo.GRPOConfig(num_generations=2, beta=ts.BETA, eps_low=ts.EPS, eps_high=ts.EPS,
-                           aggregation="seq_mean_token_mean")
-    fn, kw = functools.partial(grpo_step, run_config, gcfg), dict(ref_params=run_params)
-    batch = dict(batch, logp=jnp.asarray(old), advantages=jnp.asarray(adv))
-  step = jax.jit(fn, donate_argnums=(0,))
-  state = TrainState.create(jax.tree.map(jnp.copy, run_params), tx)
+  b = ts.build(args.quick, args.layers)
+  batch, kw = b.step_args(args.step)
+  step, state = b.jit_steps[args.step], b.fresh_state()
   state, _ = jax.block_until_ready(step(state, batch, **kw))
   with tempfile.TemporaryDirectory() as d:
     jax.profiler.start_trace(d, create_perfetto_trace=True)
@@ -102,13 +73,7 @@ def main():
     jax.profiler.stop_trace()
     ours = xla_op_times(d, args.steps)
 
-  with tempfile.TemporaryDirectory() as d:
-    save_pretrained(d, config, params)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(d, dtype=torch.float32).train()
-    ref = Qwen2_5_VLForConditionalGeneration.from_pretrained(d, dtype=torch.float32).eval()
-  for p in ref.parameters():
-    p.requires_grad_(False)
-  hf_fn = ts.hf_steps(model, ref, hf_b, ours_b["loss_mask"], old, adv)[0 if args.step == "sft" else 1]
+  hf_fn = b.hf_step(args.step)
   hf_fn()
   with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
     for _ in range(args.steps):
