@@ -125,6 +125,7 @@ def _attention(q_bqhd, k_bkhd, v_bkhd, mask_bqk, scale):
 
 
 def _attention_batch_major(q_bqhd, k_bkhd, v_bkhd, mask_bqk, scale):
+  """`_attention` in the batch-major form: K and V transposed to `[B, Hkv, K, D]` for `attention_heads_major`."""
   return attention_heads_major(q_bqhd, k_bkhd.transpose(0, 2, 1, 3), v_bkhd.transpose(0, 2, 1, 3), mask_bqk, scale)
 
 
