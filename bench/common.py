@@ -114,15 +114,21 @@ def alternate(sides: dict, runs: int) -> dict:
   wall_s: [runs], cpu_s: [runs]} (CPU = this process's CPU time: every thread of the side, less disturbed by
   other processes than wall time, but it counts spinning threads).
   """
-  wall = {k: [] for k in sides}
-  cpu = {k: [] for k in sides}
+  return _alternate({k: (lambda fn=fn: timed(fn)[:2]) for k, fn in sides.items()}, runs)
+
+
+def _alternate(timers: dict, runs: int) -> dict:
+  """The ABAB loop of `alternate` / `alternate_workers`: timers are name -> zero-argument callable returning
+  (wall s, CPU s) of one call."""
+  wall = {k: [] for k in timers}
+  cpu = {k: [] for k in timers}
   for _ in range(runs):
-    for name, fn in sides.items():
-      w, c, _ = timed(fn)
+    for name, timer in timers.items():
+      w, c = timer()
       wall[name].append(w)
       cpu[name].append(c)
   return {k: dict(wall=spread(wall[k]), cpu=spread(cpu[k]), wall_s=[round(x, 4) for x in wall[k]],
-                  cpu_s=[round(x, 4) for x in cpu[k]]) for k in sides}
+                  cpu_s=[round(x, 4) for x in cpu[k]]) for k in timers}
 
 
 # glibc malloc settings of a worker process. "default": glibc's own. "retain": one arena, no mmap, no trimming, so
@@ -182,15 +188,7 @@ def alternate_workers(workers: dict, runs: int, warmup_rounds: int = 1) -> dict:
   for _ in range(warmup_rounds):
     for w in workers.values():
       w.run()
-  wall = {k: [] for k in workers}
-  cpu = {k: [] for k in workers}
-  for _ in range(runs):
-    for name, w in workers.items():
-      t_wall, t_cpu = w.run()
-      wall[name].append(t_wall)
-      cpu[name].append(t_cpu)
-  return {k: dict(wall=spread(wall[k]), cpu=spread(cpu[k]), wall_s=[round(x, 4) for x in wall[k]],
-                  cpu_s=[round(x, 4) for x in cpu[k]]) for k in workers}
+  return _alternate({k: w.run for k, w in workers.items()}, runs)
 
 
 def write_json(res: dict, name: str, out: str | None = None) -> str:

@@ -36,7 +36,11 @@ class KVCache:
 
 def cache_slot_axis(config: ModelConfig) -> int:
   """The slot axis of `KVCache.k` / `.v`: 2 (`[L, B, S, Hkv, Dh]`), or 3 under `cpu_layouts` (head-major)."""
-  return 3 if config.cpu_layouts else 2
+  return _slot_axis(config.cpu_layouts)
+
+
+def _slot_axis(head_major: bool) -> int:
+  return 3 if head_major else 2
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
@@ -104,7 +108,7 @@ def cached_attention(q_bqhd, cache_kv, layer, mask_bqk, write_index, rows=None, 
   `head_major`: the cache is `[L, B, Hkv, S, Dh]` (`cpu_layouts`), read by the batch-major attention dots as is.
   """
   k_all, v_all = cache_kv
-  slot_axis = 3 if head_major else 2
+  slot_axis = _slot_axis(head_major)
   s = k_all.shape[slot_axis]
   sizes = key_buckets(s)
   end = jnp.max(write_index) + q_bqhd.shape[1]

@@ -129,7 +129,8 @@ def prefill_prompts(env: env_lib.RuminationEnv, params, prompts: dict, num_gener
   hidden_ptd, prefix = env.decode(params, prompt["embeds"], prompt["positions"], prompt["valid"],
                                   env.init_cache(num_prompts, prompt_len), jnp.zeros((num_prompts,), jnp.int32))
   cache = env.init_cache(rows, cache_len)
-  # The [L, B, S, H, Dh] cache is the rollout's largest array: its rows go where the batch's rows are.
+  # The cache (`[L, B, S, Hkv, Dh]`, head-major under cpu_layouts) is the rollout's largest array: its rows go
+  # where the batch's rows are; the prompt prefix fills its first slots.
   put_prefix = lambda buf, pre: constrain_rows(jax.lax.dynamic_update_slice_in_dim(
       buf, repeat(pre, 1), 0, axis=cache_slot_axis(env.config)), 1)
   cache = cache.replace(k=put_prefix(cache.k, prefix.k), v=put_prefix(cache.v, prefix.v),
