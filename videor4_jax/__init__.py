@@ -10,6 +10,7 @@ Stable public API:
   make_env(config, rollout_config, tokenizer, num_frames) -> RuminationEnv
   rollout(env, params, prompts, key, *, num_generations=1, greedy=False, temperature=None, top_p=None) -> Trajectory
   make_rollout_fn(env, ...) -> jitted (params, prompts, key) -> Trajectory
+  make_row_group_rollout_fn(env, devices=None, ...) -> the same, prompts split over devices (CPU: one per core)
 """
 import jax.numpy as jnp
 
@@ -21,6 +22,7 @@ from videor4_jax.model.vlm import forward, init_params
 from videor4_jax.rumination.config import RolloutConfig
 from videor4_jax.rumination.env import make_env
 from videor4_jax.rumination.rollout import make_rollout_fn, rollout
+from videor4_jax.rumination.row_groups import make_row_group_rollout_fn
 from videor4_jax.rumination.trajectory import Trajectory
 
 
@@ -38,4 +40,5 @@ def from_pretrained(path: str, dtype=jnp.float32, mesh=None, **jax_settings):
 
 
 __all__ = ["from_pretrained", "save_pretrained", "forward", "get_rope_index", "init_params", "ModelConfig",
-           "TextConfig", "VisionConfig", "RolloutConfig", "make_env", "rollout", "make_rollout_fn", "Trajectory"]
+           "TextConfig", "VisionConfig", "RolloutConfig", "make_env", "rollout", "make_rollout_fn",
+           "make_row_group_rollout_fn", "Trajectory"]

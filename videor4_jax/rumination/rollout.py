@@ -78,23 +78,38 @@ def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, gre
     input_ids [B, Tp] int32, attention_mask [B, Tp], pixel_values_videos [B, Nv, P], video_grid_thw [B, 3],
     source_frames [B, F, H, W, 3] uint8.
   """
+  body = rollout_body(env, num_generations=num_generations, greedy=greedy, temperature=temperature, top_p=top_p)
+
+  def rollout_fn(params, prompts, key):
+    return body(params, prompts, key)
+
+  return jax.jit(rollout_fn)
+
+
+def rollout_body(env: env_lib.RuminationEnv, *, num_generations: int = 1, greedy: bool = False,
+                 temperature: float | None = None, top_p: float | None = None):
+  """The rollout unjitted: `fn(params, prompts, key, row_offset=0) -> Trajectory`. `row_offset` (int or traced
+  int32): the index of this batch's first row in a larger batch it is a slice of. Rows draw their samples by
+  their index in that larger batch (`row_keys`), so a slice gives its rows the tokens the whole batch would
+  (row_groups.py runs slices side by side)."""
   rc = env.rollout
   sample = functools.partial(sample_next, temperature=rc.temperature if temperature is None else temperature,
                              top_p=rc.top_p if top_p is None else top_p, greedy=greedy)
 
-  def fn(params, prompts, key):
+  def fn(params, prompts, key, row_offset=0):
     params = cast_to_compute(params, env.config.dtype)
     num_prompts, prompt_len = prompts["input_ids"].shape
     check_cache_fits(env, prompt_len)
     rows = num_prompts * num_generations
     repeated = jax.tree.map(lambda x: jnp.repeat(x, num_generations, axis=0), prompts)   # row b*G + g: prompt b
     state, video_feats_bgd = prefill_prompts(env, params, prompts, num_generations)
-    ctx = Context(env, params, key, sample, rows, chunk_rows(rows, rc.compact_rows), repeated["source_frames"])
+    ctx = Context(env, params, key, sample, rows, chunk_rows(rows, rc.compact_rows), repeated["source_frames"],
+                  row_offset)
     state, steps = jax.lax.scan(functools.partial(rumination_step, ctx), state, jnp.arange(rc.max_steps))
     prompt_work = (num_prompts * prompt_len, num_prompts * prompts["pixel_values_videos"].shape[1])
     return to_trajectory(state, steps, repeated, video_feats_bgd, prompt_work)
 
-  return jax.jit(fn)
+  return fn
 
 
 def cast_to_compute(params, dtype):
@@ -237,7 +252,7 @@ def decode_token(ctx: Context, seg: Segment, step, sel_k) -> Segment:
   allowed_kv = env.allowed_tokens(gstate_k)
   tok_k, logp_k = jax.vmap(lambda key, logits_v, allowed_v: tuple(
       x[0] for x in ctx.sample(key, logits_v[None], allowed_v[None])))(
-          row_keys(ctx.key, step, seg.t, rows_k), take(seg.logits_bv), allowed_kv)
+          row_keys(ctx.key, step, seg.t, rows_k + ctx.row_offset), take(seg.logits_bv), allowed_kv)
   next_gstate_k = env.advance_grammar(gstate_k, tok_k)
   ends_answer_k = (tok_k == env.im_end_id) & (gstate_k == OUTSIDE_CALL)
   stop_k = jnp.where(env.grammar_accepts(next_gstate_k), STOP_TOOL_CALL,

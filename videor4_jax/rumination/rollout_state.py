@@ -80,6 +80,7 @@ class Context:
   rows: int                  # B = prompts x generations
   chunk_k: int               # chunk_rows(B, compact_rows)
   source_frames_b: jax.Array  # [B, F, H, W, 3] uint8
+  row_offset: jax.Array | int = 0  # index of row 0 in the whole batch (rollout.rollout_body): its sampling keys
 
 
 @flax.struct.dataclass
