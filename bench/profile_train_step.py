@@ -11,30 +11,16 @@ Run with one thread (the default) for figures that other jobs on the machine dis
 """
 from __future__ import annotations
 
-import argparse, collections, glob, gzip, json, os, re, sys, tempfile  # noqa: E401
+import argparse, collections, os, re, sys, tempfile  # noqa: E401
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+from xla_trace import xla_op_times  # noqa: E402
 
 KINDS = (("matmul", r"^(dot|ynn_fusion|.*convolution)"), ("transposing fusion", r"^copy"),
          ("layer-stack slicing", r"dynamic-(update-)?slice"), ("optimizer / where", r"select|multiply_add"))
-
-
-def xla_op_times(trace_dir: str, steps: int) -> collections.Counter:
-  """ms per step by XLA op name (thunks only; the executor's and Python's own spans are left out)."""
-  path = sorted(glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True))[-1]
-  with gzip.open(path) as f:
-    ev = json.load(f)
-  ev = ev["traceEvents"] if isinstance(ev, dict) else ev
-  out = collections.Counter()
-  for e in ev:
-    name = e.get("name", "")
-    if e.get("ph") != "X" or re.match(r"^(Thunk|\$|while|conditional|call|Pjit|Common|PjRt)", name):
-      continue
-    out[re.sub(r"\.\d+$", "", name)] += e.get("dur", 0) / 1e3 / steps
-  return out
 
 
 def by_kind(op_ms) -> dict:

@@ -79,7 +79,8 @@ import numpy as np  # noqa: E402
 import common  # noqa: E402  (bench/common.py: threads, ABAB timing, spread, machine record)
 import rumination_fixtures as fixtures  # noqa: E402
 from rumination_fixtures import biased_params  # noqa: E402,F401  (the other benches read it from here)
-from videor4_jax import RolloutConfig, make_env, make_rollout_fn, save_pretrained  # noqa: E402
+from videor4_jax import RolloutConfig, make_env, make_rollout_fn, make_row_group_rollout_fn, save_pretrained  # noqa
+from videor4_jax.rumination.row_groups import GROUPS  # noqa: E402
 from videor4_jax.model import vlm  # noqa: E402
 from videor4_jax.processing import chat, grammar, image  # noqa: E402
 from videor4_jax.processing.tokenizer import Tokenizer  # noqa: E402
@@ -124,11 +125,13 @@ def make_prompts(tok, config, s, n, seed=0):
 
 
 # ------------------------------------------------------------------------------------------------ re-prefill
-def make_reprefill(env):
+def make_reprefill(env, row_groups: int = 1):
   """The rollout without its carried cache. Per turn one jitted function (static turn index and width L) that
   re-embeds and re-prefills the whole conversation into a fresh cache of L + T slots, then runs the rollout's own
   decode segment and observation (env.observe, no prefill) on it. `run(params, prompts)` returns the final state
-  (rollout_state.RolloutState without cache and logits) and the decoder token-rows it computed."""
+  (rollout_state.RolloutState without cache and logits) and the decoder token-rows it computed. `row_groups` > 1:
+  each turn runs on the rows split over that many devices, one group per device, as the row-group rollout does
+  (`grouped_turn`)."""
   config, rc = env.config, env.rollout
   T, unit = rc.max_step_tokens, config.vision.spatial_merge_size ** 2
   encode = lambda params, px, g: jax.vmap(lambda p, gg: vlm.encode_vision(config, params, p, gg[None]))(px, g)
@@ -142,7 +145,6 @@ def make_reprefill(env):
                 obs_pixels=jnp.zeros((B, rc.max_steps, env.observation_patches(), config.vision.patch_dim)),
                 obs_grid=jnp.zeros((B, rc.max_steps, 3), jnp.int32))
 
-  @functools.partial(jax.jit, static_argnames=("step", "L"))
   def turn(params, st, prompts, *, step, L):
     state, record = st["state"], st["state"].record
     B = record.tokens_bs.shape[0]
@@ -164,9 +166,13 @@ def make_reprefill(env):
     obs = env.observe(params, prompts["source_frames"], env.parse_action(seg.step_tokens_bt, seg.step_len_b),
                       called_b, seg.counter_b)
     state = rollout_lib.next_state(state, seg, stop_b, called_b, obs, cache=None, logits_bv=None)
-    return dict(state=state, token_rows=st["token_rows"] + B * L + seg.token_rows,
+    work = B * L + seg.token_rows
+    return dict(state=state, token_rows=st["token_rows"] + (jax.lax.psum(work, GROUPS) if row_groups > 1 else work),
                 obs_pixels=st["obs_pixels"].at[:, step].set(obs.pixels_bnp),
                 obs_grid=st["obs_grid"].at[:, step].set(jnp.where(called_b[:, None], obs.grid_b3, 0)))
+
+  jit_turn = functools.partial(jax.jit, static_argnames=("step", "L"))(
+      turn if row_groups == 1 else grouped_turn(turn, row_groups))
 
   def run(params, prompts):
     st = init(params, prompts)
@@ -175,9 +181,25 @@ def make_reprefill(env):
       if done.all():
         break
       L = int(min(-(-length.max() // 16) * 16, rc.cache_len))   # the longest conversation, rounded up to 16
-      st = turn(params, st, prompts, step=step, L=L)
+      st = jit_turn(params, st, prompts, step=step, L=L)
     return jax.block_until_ready((st["state"], st["token_rows"]))
   return run
+
+
+def grouped_turn(turn, row_groups: int):
+  """`turn` on rows split over the first `row_groups` devices, one group of consecutive rows per device (shard_map,
+  as rumination/row_groups.py runs the rollout): params whole on each, rows' arrays split (M-RoPE positions on
+  their axis 1), the work count summed."""
+  from jax.sharding import Mesh, PartitionSpec as P
+  mesh = Mesh(np.array(jax.devices()[:row_groups]), (GROUPS,))
+  spec = lambda path, _: P() if "token_rows" in jax.tree_util.keystr(path) else \
+      P(None, GROUPS) if "positions_3bs" in jax.tree_util.keystr(path) else P(GROUPS)
+
+  def fn(params, st, prompts, *, step, L):
+    st_specs = jax.tree_util.tree_map_with_path(spec, st)
+    return jax.shard_map(functools.partial(turn, step=step, L=L), mesh=mesh, in_specs=(P(), st_specs, P(GROUPS)),
+                         out_specs=st_specs, check_vma=False)(params, st, prompts)
+  return fn
 
 
 # ------------------------------------------------------------------------------------------------ HF PyTorch
@@ -323,11 +345,13 @@ def setup(shape):
   return tok, config, params, prompts, env, cfg
 
 
-def prepare_ours(env, params, prompts, G):
+def prepare_ours(env, params, prompts, G, row_groups=1):
   """The jitted rollout compiled and run once: (timed callable, untimed info, tool-call stats, the workload from the
-  work the rollout reports, each row's generated tokens). Exits when the workload has no tool call."""
+  work the rollout reports, each row's generated tokens). Exits when the workload has no tool call. `row_groups`
+  > 1: the row-group rollout over that many devices (rumination/row_groups.py)."""
   key = jax.random.key(0)
-  fn = make_rollout_fn(env, num_generations=G, greedy=True)
+  fn = make_rollout_fn(env, num_generations=G, greedy=True) if row_groups == 1 else \
+      make_row_group_rollout_fn(env, jax.devices()[:row_groups], num_generations=G, greedy=True)
   t0 = time.perf_counter()
   compiled = fn.lower(params, prompts, key).compile()
   compile_s = time.perf_counter() - t0
@@ -357,9 +381,9 @@ def prepare_ours(env, params, prompts, G):
   return run, info, workload, generated_rows(traj.tokens, traj.loss_mask)
 
 
-def prepare_reprefill(env, params, rep):
+def prepare_reprefill(env, params, rep, row_groups=1):
   """The re-prefill loop's first run (it compiles one graph per turn): (timed callable, info, token-rows, rows)."""
-  run = make_reprefill(env)
+  run = make_reprefill(env, row_groups)
   rep_j = jax.tree.map(jnp.asarray, rep)
   first_s, _, (state, token_rows) = common.timed(lambda: run(params, rep_j))
   info = dict(tokens=int(state.num_generated_b.sum()), first_run_s=round(first_s, 2))
@@ -403,6 +427,10 @@ def parse_args(argv=None):
   ap.add_argument("--layers", choices=("scanned", "unrolled"), default="scanned",
                   help="ours (both sides): scanned decoder layers (the default config) or the CPU setting "
                        "(vlm.cpu_setting: unrolled layers, cpu_layouts); HF is the same either way")
+  ap.add_argument("--row-groups", type=int, default=1,
+                  help="ours (both sides): the rows split into this many groups run side by side, one per CPU "
+                       "device (rumination/row_groups.py; the workers get XLA_FLAGS "
+                       "--xla_force_host_platform_device_count); the fast setting is one group per thread")
   ap.add_argument("--out", default=None, help="result JSON (default bench/results/rollout[_quick|_paper].json)")
   ap.add_argument("--worker", choices=SIDES, default=None, help="internal: one implementation in this process")
   return ap.parse_args(argv)
@@ -422,9 +450,9 @@ def side_worker(args):
   rep = {k: np.repeat(v, cfg["G"], axis=0) for k, v in prompts.items()}     # the rollout's row order (b*G + g)
   report = dict(config=dict(cfg, cpu_layouts=ours_config.cpu_layouts))
   if args.worker == "ours_kv":
-    run, info, report["workload"], rows = prepare_ours(ours_env, ours_params, prompts, cfg["G"])
+    run, info, report["workload"], rows = prepare_ours(ours_env, ours_params, prompts, cfg["G"], args.row_groups)
   elif args.worker == "ours_reprefill":
-    run, info, report["token_rows"], rows = prepare_reprefill(ours_env, ours_params, rep)
+    run, info, report["token_rows"], rows = prepare_reprefill(ours_env, ours_params, rep, args.row_groups)
   else:
     import transformers
     transformers.logging.set_verbosity_error()
@@ -442,12 +470,15 @@ def main(argv=None):
   if args.worker:
     return side_worker(args)
   argv = [sys.executable, os.path.abspath(__file__), "--shape", args.shape, "--layers", args.layers, "--threads",
-          str(threads)]
+          str(threads), "--row-groups", str(args.row_groups)]
+  devices = dict(XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count="
+                           f"{args.row_groups}".strip())
   workers = {}
   for side in SIDES:
-    workers[side] = common.Worker(argv + ["--worker", side], side)
+    workers[side] = common.Worker(argv + ["--worker", side], side, env=None if side == "hf" else devices)
   rep = {k: w.info for k, w in workers.items()}
-  cfg = dict(rep["ours_kv"]["config"], runs=args.runs, threads=threads, layers=args.layers)
+  cfg = dict(rep["ours_kv"]["config"], runs=args.runs, threads=threads, layers=args.layers,
+             row_groups=args.row_groups)
   info = {k: r["info"] for k, r in rep.items()}
   rows = {k: r["rows"] for k, r in rep.items()}
   res = {"config": cfg, "workload": rep["ours_kv"]["workload"]}
@@ -491,6 +522,7 @@ def main(argv=None):
       note=f"median of {args.runs} timed runs per implementation, alternated run by run after an untimed run each; "
            f"the machine may be shared (see loadavg_before / loadavg_after)")
   name = OUT_NAMES[args.shape].replace(".json", "_unrolled.json" if args.layers == "unrolled" else ".json")
+  name = name.replace(".json", f"_groups{args.row_groups}.json" if args.row_groups > 1 else ".json")
   out = common.write_json(res, name, args.out)
   print(f"wrote {out}")
   print(json.dumps(res["identical_rows"]))

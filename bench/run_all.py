@@ -17,7 +17,7 @@ OpenMP threads far more when the cores are oversubscribed).
 """
 from __future__ import annotations
 
-import argparse, json, os, subprocess, sys, time  # noqa: E401
+import argparse, glob, json, os, subprocess, sys, time  # noqa: E401
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,8 +45,12 @@ def commands(quick: bool, threads: int) -> dict:
                          "1", "--rollout-caches", "", *th]],
       # Both layer layouts (scanned: the default config; unrolled: the CPU setting, no per-call weight copies). The
       # paper shape runs 3 times per side: one re-prefill run takes ~110 s there.
-      "rollout": [["rollout.py", *q, *th], ["rollout.py", *q, "--layers", "unrolled", *th]]
-                 + ([] if quick else [["rollout.py", "--shape", "paper", "--runs", "3", *th]]),
+      # The CPU setting also with the rows in one group per thread (rumination/row_groups.py).
+      "rollout": [["rollout.py", *q, *th], ["rollout.py", *q, "--layers", "unrolled", *th],
+                  ["rollout.py", *q, "--layers", "unrolled", "--row-groups", str(threads), *th]]
+                 + ([] if quick else [["rollout.py", "--shape", "paper", "--runs", "3", *th],
+                                      ["rollout.py", "--shape", "paper", "--layers", "unrolled", "--row-groups",
+                                       str(threads), "--runs", "3", *th]]),
       "compile_time": [["compile_time.py", *q]],
       "logprob_memory": [["logprob_memory.py", *q]],
       "data_pipeline": [["data_pipeline.py", *q]],
@@ -73,7 +77,9 @@ def layout(c) -> str:
   """How a JSON's model was laid out: the scanned default, or the CPU setting (vlm.cpu_setting)."""
   if c.get("layers", "scanned") == "scanned":
     return "scanned layers"
-  return "CPU setting: unrolled, CPU layouts" if c.get("cpu_layouts") else "unrolled layers"
+  groups = c.get("row_groups", 1)
+  return ("CPU setting: unrolled, CPU layouts" if c.get("cpu_layouts") else "unrolled layers") + \
+      (f", {groups} row groups" if groups > 1 else "")
 
 
 def fmt_train(r, size):
@@ -167,7 +173,10 @@ def rows(quick: bool) -> list:
                 f"{ds['read_bandwidth_gb_s']} GB/s, "
                 "measured in the same process)", per + (f"; whole rollout {roll}" if roll else ""),
                 "decode_step*.json"))
-  for name in [f"rollout{sfx}.json", f"rollout{sfx}_unrolled.json"] + ([] if quick else ["rollout_paper.json"]):
+  grouped = lambda prefix: sorted(os.path.basename(p) for p in glob.glob(os.path.join(common.RESULTS,
+                                                                                  f"{prefix}_unrolled_groups*.json")))
+  for name in ([f"rollout{sfx}.json", f"rollout{sfx}_unrolled.json", *grouped(f"rollout{sfx}")]
+               + ([] if quick else ["rollout_paper.json", *grouped("rollout_paper")])):
     ro = load(name)
     if ro:
       out += fmt_rollout(ro, name)
