@@ -15,6 +15,8 @@ a matrix-vector product (a matrix product of `--rows` rows). This bench times, a
                writes or sampling.
   xla_gemv_fused  the same bytes as 4 products per layer (q|k|v and gate|up concatenated), as a fused-weight
                layout would read them.
+  xla_gemv_out_major  the same products with each kernel stored `[out, in]` (as torch stores a Linear) and read as
+               `x @ W^T`: XLA's matrix-vector kernel then reads each output's weights contiguously.
   torch_gemv   the same products in PyTorch on the same weights (`x @ W`, K times; no autograd).
   hf_decode    HF transformers' Qwen2.5-VL on the same weights: one-token forwards with its KV cache after the
                same prompt length, `--rows` rows (the per-token cost that HF's rollout pays in `generate`).
@@ -51,17 +53,19 @@ def kernels_in_layer_order(params, fused: bool = False) -> list:
   return out
 
 
-def xla_gemv_fn(config, params, kernels, K, rows):
-  """A jitted program of K rounds of the chained matrix-vector products (decoder kernels, then the LM head)."""
+def xla_gemv_fn(config, params, kernels, K, rows, out_major=False):
+  """A jitted program of K rounds of the chained matrix-vector products (decoder kernels, then the LM head).
+  out_major: the kernels given as `[out, in]` (transposed, as torch stores a Linear) and read as `x @ W^T`."""
   import jax
   import jax.numpy as jnp
   from videor4_jax.model import vlm
+  product = (lambda x, w: jnp.einsum("bk,nk->bn", x, w)) if out_major else (lambda x, w: x @ w)
 
   @jax.jit
   def run(params, kernels, c):
     def one(_, acc):
       for w in kernels:
-        acc = acc + (jnp.full((rows, w.shape[0]), acc, w.dtype) @ w).sum() * 1e-9
+        acc = acc + product(jnp.full((rows, w.shape[1 if out_major else 0]), acc, w.dtype), w).sum() * 1e-9
       return acc + vlm.logits(config, params, jnp.full((rows, config.text.hidden_size), acc)).sum() * 1e-9
     return jax.lax.fori_loop(0, K, one, c)
 
@@ -134,10 +138,13 @@ def main():
   xla_gemv = xla_gemv_fn(config, params, kernels, K, args.rows)
   torch_gemv = torch_gemv_fn(kernels, head_dv, K, args.rows)
   xla_fused = xla_gemv_fn(config, params, kernels_in_layer_order(params, fused=True), K, args.rows)
+  xla_out_major = xla_gemv_fn(config, params, [jax.numpy.asarray(np.asarray(w).T) for w in kernels], K, args.rows,
+                              out_major=True)
   per_token = {"decode": lambda: decode_token_ms(prefill_fn, decode_fn, params, K),
                "hf_decode": hf_decode_fn(config, params, args.rows, K),
                "xla_gemv": lambda: common.timed(xla_gemv)[0] / K * 1e3,
                "xla_gemv_fused": lambda: common.timed(xla_fused)[0] / K * 1e3,
+               "xla_gemv_out_major": lambda: common.timed(xla_out_major)[0] / K * 1e3,
                "torch_gemv": lambda: common.timed(torch_gemv)[0] / K * 1e3,
                "read_probe": lambda: nbytes / read_bandwidth(max(1, round(nbytes / 2 ** 20)), repeats=3) * 1e3}
   for fn in per_token.values():      # compile / warm up, untimed
@@ -156,12 +163,13 @@ def main():
              gemv_vs_probe=round(gbs["xla_gemv"] / gbs["read_probe"], 3),
              torch_gemv_vs_probe=round(gbs["torch_gemv"] / gbs["read_probe"], 3),
              fused_vs_gemv=round(ms["xla_gemv"] / ms["xla_gemv_fused"], 3),
+             out_major_gemv_vs_probe=round(gbs["xla_gemv_out_major"] / gbs["read_probe"], 3),
              decode_ours_vs_hf=round(ms["hf_decode"] / ms["decode"], 3),
              decode_vs_probe=round(gbs["decode"] / gbs["read_probe"], 3))
   res["machine"] = common.machine(threads, load_before=load_before, load_after=common.loadavg())
   out = common.write_json(res, f"decode_ceiling{'' if args.model == 'full' else '_quick'}.json", args.out)
   for k in per_token:
-    print(f"{k:11s} {ms[k]:7.2f} ms/token  {gbs[k]:5.1f} GB/s  {[round(x, 2) for x in runs[k]]}")
+    print(f"{k:18s} {ms[k]:7.2f} ms/token  {gbs[k]:5.1f} GB/s  {[round(x, 2) for x in runs[k]]}")
   print(f"decode ours/HF {res['decode_ours_vs_hf']:.2f}x; {nbytes / 1e6:.1f} MB of matrices per token; decode "
         f"reaches {100 * res['decode_vs_probe']:.0f}% of the probe, its GEMVs alone {100 * res['gemv_vs_probe']:.0f}% "
         f"(torch's {100 * res['torch_gemv_vs_probe']:.0f}%); "
