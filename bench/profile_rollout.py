@@ -1,6 +1,6 @@
 """Where the jitted rollout of bench/rollout.py spends its wall time, by part of the model (jax.profiler).
 
-  python bench/profile_rollout.py [--shape quick|full] [--layers unrolled|scanned] [--threads N] [--runs 3]
+  python bench/profile_rollout.py [--shape quick|full] [--layers unrolled|scanned] [--threads N] [--row-groups N] [--runs 3]
                                   [--top 12] [--out bench/results/profile_rollout[_quick].json]
 
 The rollout (`make_rollout_fn`, greedy, the bench's biased model; `--layers unrolled`, the default, is the CPU
@@ -45,16 +45,21 @@ def main():
   ap.add_argument("--shape", choices=("quick", "full"), default="quick")
   ap.add_argument("--layers", choices=("unrolled", "scanned"), default="unrolled")
   ap.add_argument("--threads", type=int, default=None)
+  ap.add_argument("--row-groups", type=int, default=1,
+                  help="the rollout in this many row groups, one per CPU device (rumination/row_groups.py)")
   ap.add_argument("--runs", type=int, default=3)
   ap.add_argument("--top", type=int, default=12)
   ap.add_argument("--out", default=None)
   args = ap.parse_args()
   threads = common.set_threads(args.threads)     # before any computation creates the CPU client
+  if args.row_groups > 1:                         # read when the CPU client is created, as the thread count
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={args.row_groups}").strip()
   import jax
   import numpy as np
   import rollout as rb
   import xla_trace
-  from videor4_jax import make_env, make_rollout_fn
+  from videor4_jax import make_env, make_rollout_fn, make_row_group_rollout_fn
   from videor4_jax.model import vlm
   load_before = common.loadavg()
   tok, config, params, prompts, env, cfg = rb.setup(args.shape)
@@ -62,7 +67,9 @@ def main():
     config, params = vlm.cpu_setting(config, params)
     env = make_env(config, env.rollout, tok, cfg["frames"])
   key = jax.random.key(0)
-  compiled = make_rollout_fn(env, num_generations=cfg["G"], greedy=True).lower(params, prompts, key).compile()
+  fn = make_rollout_fn(env, num_generations=cfg["G"], greedy=True) if args.row_groups == 1 else \
+      make_row_group_rollout_fn(env, jax.devices()[:args.row_groups], num_generations=cfg["G"], greedy=True)
+  compiled = fn.lower(params, prompts, key).compile()
   run = lambda: jax.block_until_ready(compiled(params, prompts, key))
   run()
   wall = []
@@ -81,7 +88,7 @@ def main():
   ops, _ = xla_trace.wall_attributed(events, lambda e: re.sub(r"layers_\d+", "layers_N", re.sub(
       r"^jit\(\w+\)/", "", names.get(e["name"], e["name"]))), args.runs)
   traced = sum(parts.values()) + idle
-  res = dict(config=dict(cfg, layers=args.layers, threads=threads, runs=args.runs),
+  res = dict(config=dict(cfg, layers=args.layers, threads=threads, runs=args.runs, row_groups=args.row_groups),
              wall_s=dict(runs=[round(w, 4) for w in wall], median=round(float(np.median(wall)), 4)),
              traced_ms_per_run=round(traced, 1), idle_ms=round(idle, 1),
              parts_ms={k: round(v, 1) for k, v in parts.most_common()},

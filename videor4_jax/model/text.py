@@ -116,10 +116,10 @@ def cached_attention(q_bqhd, cache_kv, layer, mask_bqk, write_index, rows=None, 
 
   def branch(size):
     def attend(q, k_all, v_all, mask):
-      read = lambda buf: jax.lax.dynamic_slice_in_dim(buf[layer], 0, size, axis=slot_axis - 1)
+      def read(buf):
+        rows_buf = buf[layer] if rows is None else jnp.take(buf[layer], rows, axis=0)   # rows before the prefix:
+        return jax.lax.dynamic_slice_in_dim(rows_buf, 0, size, axis=slot_axis - 1)   # one copy, of those rows only
       k, v = read(k_all), read(v_all)
-      if rows is not None:
-        k, v = jnp.take(k, rows, axis=0), jnp.take(v, rows, axis=0)
       if head_major:
         k = constrain(k, ("batch", "kv_heads_act", "cache_length", None))
         return attention_heads_major(q, k.astype(dtype), v.astype(dtype), mask[:, :, :size], scale)
