@@ -78,12 +78,8 @@ def make_rollout_fn(env: env_lib.RuminationEnv, *, num_generations: int = 1, gre
     input_ids [B, Tp] int32, attention_mask [B, Tp], pixel_values_videos [B, Nv, P], video_grid_thw [B, 3],
     source_frames [B, F, H, W, 3] uint8.
   """
-  body = rollout_body(env, num_generations=num_generations, greedy=greedy, temperature=temperature, top_p=top_p)
-
-  def rollout_fn(params, prompts, key):
-    return body(params, prompts, key)
-
-  return jax.jit(rollout_fn)
+  return jax.jit(rollout_body(env, num_generations=num_generations, greedy=greedy, temperature=temperature,
+                              top_p=top_p))
 
 
 def rollout_body(env: env_lib.RuminationEnv, *, num_generations: int = 1, greedy: bool = False,
